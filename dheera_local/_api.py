@@ -1,0 +1,115 @@
+"""The public functions: ``rerank`` and ``arerank``, served by a process-wide :class:`Reranker`."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ._orchestrator import Reranker
+from ._request import build_request
+from ._response import RerankResponse
+
+_default: Reranker | None = None
+_default_lock = threading.Lock()
+
+
+def default_reranker() -> Reranker:
+    """The shared Reranker behind the module-level functions (created on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Reranker()
+        return _default
+
+
+def rerank(
+    model: str,
+    query: str,
+    documents: list[str | dict[str, Any]],
+    top_n: int | None = None,
+    return_documents: bool = False,
+    *,
+    api_base: str | None = None,
+    api_key: str | None = None,
+    backend: str = "auto",
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    raw_scores: bool = False,
+    timeout: float | None = None,
+    rank_fields: list[str] | None = None,
+    max_chunks_per_doc: int | None = None,
+    max_tokens_per_doc: int | None = None,
+) -> RerankResponse:
+    """Rerank ``documents`` by relevance to ``query``.
+
+    Args:
+        model: ``huggingface/ORG/NAME``, ``ORG/NAME``, a local model folder, or (with ``api_base``)
+            the name a Cohere-compatible server knows (``cohere/NAME`` forces that format).
+        query: The search query.
+        documents: Strings, or objects with a ``text`` field (or the fields named by ``rank_fields``).
+        top_n: Return only the best ``top_n`` results (all when None or larger than the list).
+        return_documents: Include each document in its result.
+        api_base: A TEI-compatible endpoint (hub models) or Cohere-compatible endpoint (other names).
+        api_key: Token for the remote endpoint; for the HF hosted API defaults to ``HF_TOKEN``.
+        backend: ``auto`` (local weights first, then remote), ``local`` or ``remote``.
+        cache: Use the on-disk score cache.
+        cache_dir: Cache folder (default ``$DHEERA_CACHE_DIR`` or ``~/.cache/dheera_local``).
+        device: Torch device for the local backend (default: cuda, then mps, then cpu).
+        dtype: Precision for the local backend: ``auto``, ``float32``, ``bfloat16``, ``float16``.
+        max_length: Tokens per (query, document) pair; longer pairs are truncated.
+        raw_scores: Return logits instead of sigmoid scores.
+        timeout: Seconds to wait for each remote HTTP request.
+        rank_fields: Fields of object documents to score, joined as ``field: value`` lines.
+        max_chunks_per_doc: Score long documents as up to this many windows (max over windows).
+        max_tokens_per_doc: Cohere v2 form: score up to this many tokens of each document.
+
+    Returns:
+        A Cohere-style :class:`RerankResponse`, results sorted best first.
+
+    Raises:
+        InvalidRequestError: Bad input; names the field and document index.
+        ModelNotAvailableError: No local weights and no usable remote path; says how to fix it.
+        AllBackendsFailedError: Every candidate backend failed; lists why.
+    """
+    request = build_request(
+        model, query, documents, top_n, return_documents,
+        rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
+        api_base=api_base, api_key=api_key, backend=backend, cache=cache, cache_dir=cache_dir, device=device,
+        dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
+    )  # fmt: skip
+    return default_reranker().run(request)
+
+
+async def arerank(
+    model: str,
+    query: str,
+    documents: list[str | dict[str, Any]],
+    top_n: int | None = None,
+    return_documents: bool = False,
+    *,
+    api_base: str | None = None,
+    api_key: str | None = None,
+    backend: str = "auto",
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    raw_scores: bool = False,
+    timeout: float | None = None,
+    rank_fields: list[str] | None = None,
+    max_chunks_per_doc: int | None = None,
+    max_tokens_per_doc: int | None = None,
+) -> RerankResponse:
+    """The async twin of :func:`rerank` (same parameters); never blocks the event loop."""
+    request = build_request(
+        model, query, documents, top_n, return_documents,
+        rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
+        api_base=api_base, api_key=api_key, backend=backend, cache=cache, cache_dir=cache_dir, device=device,
+        dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
+    )  # fmt: skip
+    return await default_reranker().arun(request)

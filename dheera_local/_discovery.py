@@ -1,0 +1,157 @@
+"""Finding model weights on this machine, without any network call.
+
+A model is "on the machine" when a local folder, or a snapshot in the huggingface_hub cache,
+holds its config, its weights and its tokenizer. The revision found on disk (the snapshot's
+commit, or a fingerprint of a plain folder's weight files) becomes part of the score-cache key,
+so scores from different weights never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._model_ref import ModelKind, ModelRef
+
+logger = logging.getLogger("dheera_local")
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt", "spm.model", "spiece.model")
+
+
+@dataclass(frozen=True)
+class LocalWeights:
+    """A complete model folder on disk. ``model_id`` + ``revision`` identify the weights."""
+
+    path: Path
+    model_id: str
+    revision: str
+
+
+def hub_cache_dir() -> Path:
+    """The huggingface_hub cache folder, read from the environment at call time.
+
+    huggingface_hub reads these variables once at import; reading them per call lets a process
+    (or a test) point HF_HOME / HF_HUB_CACHE elsewhere after import, with the same precedence.
+    """
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no calls to HuggingFace."""
+    values = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(value.strip().upper() in ("1", "ON", "YES", "TRUE") for value in values)
+
+
+def missing_files(folder: Path) -> list[str]:
+    """What a folder lacks to be a loadable model: config, weights, tokenizer."""
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not _has_weights(folder):
+        missing.append(" or ".join(WEIGHT_FILES))
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("a tokenizer (" + ", ".join(TOKENIZER_FILES) + ")")
+    return missing
+
+
+def _has_weights(folder: Path) -> bool:
+    if any((folder / name).is_file() for name in WEIGHT_FILES):
+        return True
+    for index_name in SHARD_INDEXES:
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError):
+                return False
+            return all((folder / shard).is_file() for shard in shards)
+    return False
+
+
+def find_local_weights(ref: ModelRef) -> LocalWeights | None:
+    """The complete weights for ``ref`` on this machine, or None."""
+    if ref.kind is ModelKind.PATH and ref.path is not None:
+        if missing_files(ref.path):
+            return None
+        return LocalWeights(ref.path, str(ref.path), folder_fingerprint(ref.path))
+    if ref.kind is ModelKind.HUB and ref.hub_id is not None:
+        return find_in_hub_cache(ref.hub_id)
+    return None
+
+
+def repo_folder(hub_id: str, cache_dir: Path | None = None) -> Path:
+    """Where huggingface_hub keeps a model repo: ``models--ORG--NAME``."""
+    return (cache_dir or hub_cache_dir()) / ("models--" + hub_id.replace("/", "--"))
+
+
+def find_in_hub_cache(hub_id: str, cache_dir: Path | None = None) -> LocalWeights | None:
+    """The snapshot ``refs/main`` points at, else the newest complete snapshot on disk."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache_dir = cache_dir or hub_cache_dir()
+    found = try_to_load_from_cache(hub_id, "config.json", cache_dir=str(cache_dir))
+    if isinstance(found, str):
+        snapshot = Path(found).parent
+        if not missing_files(snapshot):
+            return LocalWeights(snapshot, hub_id, snapshot.name)
+    return _newest_complete_snapshot(hub_id, cache_dir)
+
+
+def _newest_complete_snapshot(hub_id: str, cache_dir: Path) -> LocalWeights | None:
+    # A snapshot copied in by hand often comes without refs/main; it is still the user's weights.
+    snapshots = repo_folder(hub_id, cache_dir) / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    complete = [s for s in snapshots.iterdir() if s.is_dir() and not missing_files(s)]
+    if not complete:
+        return None
+    newest = max(complete, key=lambda s: s.stat().st_mtime)
+    logger.info("%s: refs/main does not name a complete snapshot; using %s", hub_id, newest.name)
+    return LocalWeights(newest, hub_id, newest.name)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A revision for a plain folder: name, size and mtime of its weight and config files."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and (path.suffix in (".safetensors", ".bin", ".json") or path.name in TOKENIZER_FILES):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return "local-" + digest.hexdigest()[:16]
+
+
+def configured_max_length(folder: Path) -> int | None:
+    """The longest input the model accepts, from its tokenizer and config files (no model load)."""
+    limits = []
+    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    model_max = tokenizer_config.get("model_max_length")
+    if isinstance(model_max, int) and 0 < model_max < 1_000_000:
+        limits.append(model_max)
+    config = _read_json(folder / "config.json")
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-family models reserve pad_token_id + 1 position slots.
+        offset = config.get("pad_token_id", 0) + 1 if "roberta" in str(config.get("model_type", "")) else 0
+        limits.append(positions - offset)
+    return min(limits) if limits else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,108 @@
+"""Device and precision choice for the local backend.
+
+``auto`` device: cuda, then mps, then cpu. ``auto`` precision: bf16 (else fp16) on CUDA, fp16 on
+MPS; on CPU bf16 only where the CPU computes it natively (AVX512-BF16 or AMX), because emulated
+bf16 is several times slower than fp32 there.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ._errors import InvalidRequestError
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU capabilities that decide precision."""
+
+    avx512_bf16: bool = False
+    amx_bf16: bool = False
+    avx512_vnni: bool = False
+
+    @property
+    def native_bf16(self) -> bool:
+        return self.avx512_bf16 or self.amx_bf16
+
+
+@functools.cache
+def cpu_features() -> CpuFeatures:
+    """Detect this CPU's features (torch's own probes, else /proc/cpuinfo flags)."""
+    probes = torch.cpu
+    try:
+        return CpuFeatures(
+            avx512_bf16=bool(probes._is_avx512_bf16_supported()),
+            amx_bf16=bool(probes._is_amx_tile_supported()),
+            avx512_vnni=bool(probes._is_vnni_supported()),
+        )
+    except AttributeError:  # older torch: fall back to the kernel's flag list
+        flags = _proc_cpuinfo_flags()
+        return CpuFeatures("avx512_bf16" in flags, "amx_bf16" in flags, "avx512_vnni" in flags)
+
+
+def _proc_cpuinfo_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def resolve_device(requested: str | None) -> str:
+    """The torch device to run on: ``auto``/None picks cuda, then mps, then cpu."""
+    if requested is None or requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if not isinstance(requested, str):
+        raise InvalidRequestError(
+            f"device must be a string such as 'cpu' or 'cuda:0', got {requested!r}", field="device"
+        )
+    try:
+        device = torch.device(requested)
+    except RuntimeError as exc:
+        raise InvalidRequestError(f"device {requested!r} is not a torch device name", field="device") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidRequestError(f"device {requested!r} requested but CUDA is not available", field="device")
+    return str(device)
+
+
+def resolve_dtype(requested: str | None, device: str, features: CpuFeatures | None = None) -> torch.dtype:
+    """The precision to hold the weights in; ``auto``/None follows the module rule above."""
+    if requested is not None and requested != "auto":
+        if not isinstance(requested, str) or requested.lower() not in _DTYPE_NAMES:
+            names = ", ".join(["auto", *sorted(_DTYPE_NAMES)])
+            raise InvalidRequestError(f"dtype {requested!r} is not one of: {names}", field="dtype")
+        return _DTYPE_NAMES[requested.lower()]
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if kind == "mps":
+        return torch.float16
+    features = features if features is not None else cpu_features()
+    return torch.bfloat16 if features.native_bf16 else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,73 @@
+"""Parsing of the ``model`` argument into what it names.
+
+The documented rule, applied here and nowhere else:
+
+* ``huggingface/ORG/NAME`` or bare ``ORG/NAME`` names a HuggingFace hub model (local weights,
+  a TEI-compatible ``api_base``, or the HF hosted API);
+* an existing folder (or anything spelled like a path: ``/``, ``./``, ``../``, ``~``) is a local model;
+* ``cohere/NAME``, or any other name used with an ``api_base``, is a model served by a
+  Cohere-compatible ``/rerank`` endpoint (another dheera-local server, Cohere, infinity, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from ._errors import InvalidRequestError
+
+HF_PREFIX = "huggingface/"
+COHERE_PREFIX = "cohere/"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+class ModelKind(str, Enum):
+    HUB = "hub"
+    PATH = "path"
+    NAMED = "named"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model string names. ``name`` is what a remote server is told."""
+
+    text: str
+    kind: ModelKind
+    name: str
+    hub_id: str | None = None
+    path: Path | None = None
+
+
+def parse_model(model: object) -> ModelRef:
+    """Parse a model string; raises InvalidRequestError naming the ``model`` field."""
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError(
+            f"model must be a non-empty string such as 'huggingface/BAAI/bge-reranker-base', got {model!r}",
+            field="model",
+        )
+    text = model.strip()
+    if text.startswith(HF_PREFIX):
+        return _hub_ref(text, text[len(HF_PREFIX) :])
+    if text.startswith(COHERE_PREFIX) and len(text) > len(COHERE_PREFIX):
+        return ModelRef(text, ModelKind.NAMED, name=text[len(COHERE_PREFIX) :])
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        return ModelRef(text, ModelKind.PATH, name=text, path=folder.resolve())
+    if text.startswith(_PATH_PREFIXES):
+        raise InvalidRequestError(f"model folder {text!r} does not exist", field="model")
+    if _HUB_ID.match(text):
+        return ModelRef(text, ModelKind.HUB, name=text, hub_id=text)
+    return ModelRef(text, ModelKind.NAMED, name=text)
+
+
+def _hub_ref(text: str, hub_id: str) -> ModelRef:
+    if not _HUB_ID.match(hub_id):
+        raise InvalidRequestError(
+            f"model {text!r}: after 'huggingface/' expected a hub id ORG/NAME, e.g. "
+            "'huggingface/BAAI/bge-reranker-base'",
+            field="model",
+        )
+    return ModelRef(text, ModelKind.HUB, name=hub_id, hub_id=hub_id)

@@ -1,0 +1,237 @@
+"""Validation of a rerank call into a :class:`RerankRequest`.
+
+Every check names the field (and the document index) it rejects, so a bad request never
+reaches torch, httpx or the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from ._errors import InvalidRequestError
+from ._model_ref import ModelRef, parse_model
+
+BACKENDS = ("auto", "local", "remote")
+MIN_MAX_LENGTH = 8
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """How to serve a request: backend choice, endpoint, cache and local-engine settings."""
+
+    backend: str = "auto"
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    use_cache: bool = True
+    cache_dir: Path | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_length: int | None = None
+    raw_scores: bool = False
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """A validated request. ``texts[i]`` is what gets scored for document ``i``."""
+
+    model: ModelRef
+    query: str
+    texts: list[str]
+    documents: list[dict[str, Any]]
+    top_n: int | None = None
+    return_documents: bool = False
+    max_chunks_per_doc: int | None = None
+    max_tokens_per_doc: int | None = None
+    options: RerankOptions = field(default_factory=RerankOptions)
+
+
+def build_request(
+    model: object,
+    query: object,
+    documents: object,
+    top_n: object = None,
+    return_documents: object = False,
+    *,
+    rank_fields: object = None,
+    max_chunks_per_doc: object = None,
+    max_tokens_per_doc: object = None,
+    **options: Any,
+) -> RerankRequest:
+    """Validate the public arguments of ``rerank()``; raises InvalidRequestError."""
+    fields = _rank_fields(rank_fields)
+    docs = _documents(documents)
+    return RerankRequest(
+        model=parse_model(model),
+        query=_query(query),
+        texts=[_text_of(doc, index, fields) for index, doc in enumerate(docs)],
+        documents=[{"text": doc} if isinstance(doc, str) else dict(doc) for doc in docs],
+        top_n=_optional_int(top_n, "top_n", minimum=1),
+        return_documents=_flag(return_documents, "return_documents"),
+        max_chunks_per_doc=_optional_int(max_chunks_per_doc, "max_chunks_per_doc", minimum=1),
+        max_tokens_per_doc=_optional_int(max_tokens_per_doc, "max_tokens_per_doc", minimum=MIN_MAX_LENGTH),
+        options=build_options(**options),
+    )
+
+
+def build_options(
+    *,
+    api_base: object = None,
+    api_key: object = None,
+    backend: object = "auto",
+    cache: object = True,
+    cache_dir: object = None,
+    device: object = None,
+    dtype: object = None,
+    max_length: object = None,
+    raw_scores: object = False,
+    timeout: object = None,
+) -> RerankOptions:
+    """Validate the keyword options shared by every entry point."""
+    if backend not in BACKENDS:
+        raise InvalidRequestError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}", field="backend")
+    return RerankOptions(
+        backend=str(backend),
+        api_base=_api_base(api_base),
+        api_key=_api_key(api_key),
+        use_cache=_flag(cache, "cache"),
+        cache_dir=_optional_path(cache_dir, "cache_dir"),
+        device=_optional_str(device, "device"),
+        dtype=_optional_str(dtype, "dtype"),
+        max_length=_optional_int(max_length, "max_length", minimum=MIN_MAX_LENGTH),
+        raw_scores=_flag(raw_scores, "raw_scores"),
+        timeout=_timeout(timeout),
+    )
+
+
+def _query(query: object) -> str:
+    if not isinstance(query, str):
+        raise InvalidRequestError(f"query must be a string, got {type(query).__name__}", field="query")
+    if not query.strip():
+        raise InvalidRequestError("query must not be empty or only whitespace", field="query")
+    return query
+
+
+def _documents(documents: object) -> list[str | dict[str, Any]]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise InvalidRequestError(
+            f"documents must be a list of strings or objects with a 'text' field, got {type(documents).__name__}",
+            field="documents",
+        )
+    docs = list(documents)
+    for index, doc in enumerate(docs):
+        if not isinstance(doc, (str, dict)):
+            raise InvalidRequestError(
+                f"documents[{index}] must be a string or an object with a 'text' field, got {type(doc).__name__}",
+                field="documents",
+                index=index,
+            )
+    return docs
+
+
+def _rank_fields(rank_fields: object) -> list[str] | None:
+    if rank_fields is None:
+        return None
+    if (
+        isinstance(rank_fields, str)
+        or not isinstance(rank_fields, Sequence)
+        or not rank_fields
+        or not all(isinstance(name, str) and name for name in rank_fields)
+    ):
+        raise InvalidRequestError("rank_fields must be a non-empty list of field names", field="rank_fields")
+    return list(rank_fields)
+
+
+def _text_of(doc: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
+    if isinstance(doc, str):
+        return doc
+    if rank_fields is None:
+        text = doc.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequestError(
+                f"documents[{index}] is an object without a string 'text' field "
+                "(pass rank_fields to score other fields)",
+                field="documents",
+                index=index,
+            )
+        return text
+    present = [name for name in rank_fields if name in doc and doc[name] is not None]
+    if not present:
+        raise InvalidRequestError(
+            f"documents[{index}] has none of the rank_fields {rank_fields}", field="documents", index=index
+        )
+    # Cohere scores structured documents as "field: value" lines, in rank_fields order.
+    return "\n".join(f"{name}: {_field_text(doc[name])}" for name in present)
+
+
+def _field_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _optional_int(value: object, name: str, *, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+    if value < minimum:
+        raise InvalidRequestError(f"{name} must be >= {minimum}, got {value}", field=name)
+    return value
+
+
+def _flag(value: object, name: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"{name} must be true or false, got {value!r}", field=name)
+    return value
+
+
+def _optional_str(value: object, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}", field=name)
+
+
+def _optional_path(value: object, name: str) -> Path | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        return Path(value).expanduser()
+    raise InvalidRequestError(f"{name} must be a folder path, got {type(value).__name__}", field=name)
+
+
+def _api_base(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise InvalidRequestError(f"api_base must be an http:// or https:// URL, got {value!r}", field="api_base")
+    return value
+
+
+def _api_key(value: object) -> SecretStr | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, SecretStr):
+        return value
+    if not isinstance(value, str):
+        raise InvalidRequestError("api_key must be a string", field="api_key")
+    return SecretStr(value)
+
+
+def _timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError as exc:
+            raise InvalidRequestError(f"timeout must be a number of seconds, got {value!r}", field="timeout") from exc
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {value!r}", field="timeout")
+    return float(value)

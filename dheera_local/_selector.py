@@ -1,0 +1,120 @@
+"""Backend choice, in one place, by the documented rule.
+
+``backend="auto"``: the local backend when the weights are on this machine, then the remote one
+(``api_base`` when given: TEI-compatible for hub models, Cohere-compatible for other names; else
+the HuggingFace hosted API). ``backend="local"`` / ``"remote"`` force one. The plan lists the
+candidates in the order they are tried; the orchestrator falls back along it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._cache import ModelIdentity
+from ._catalog import lookup
+from ._discovery import configured_max_length, find_local_weights, hub_cache_dir, hub_offline
+from ._errors import ModelNotAvailableError, UnsupportedModelError
+from ._model_ref import ModelKind, ModelRef
+from ._request import RerankOptions
+from .backends.base import Backend
+from .backends.local import LocalBackend
+from .backends.remote import RemoteFactory
+
+DEFAULT_MAX_LENGTH = 512
+
+
+@dataclass
+class Plan:
+    """What will serve a request: the cache identity and the backends to try, in order."""
+
+    identity: ModelIdentity
+    candidates: list[Backend]
+    local: LocalBackend | None = None
+
+
+class Selector:
+    """Turns a model reference and options into a :class:`Plan`."""
+
+    def __init__(self, remote: RemoteFactory) -> None:
+        self.remote = remote
+
+    def plan(self, ref: ModelRef, options: RerankOptions) -> Plan:
+        if ref.kind is ModelKind.NAMED:
+            return self._plan_named(ref, options)
+        _refuse_non_cross_encoders(ref)
+        weights = find_local_weights(ref)
+        max_length = options.max_length or _default_max_length(ref, weights)
+        local = None
+        if weights is not None:
+            local = LocalBackend(weights, max_length=max_length, device=options.device, dtype=options.dtype)
+            identity = ModelIdentity(weights.model_id, weights.revision, max_length)
+        else:
+            identity = ModelIdentity(ref.hub_id or ref.text, "remote", max_length)
+        candidates: list[Backend] = []
+        if options.backend in ("auto", "local") and local is not None:
+            candidates.append(local)
+        if options.backend in ("auto", "remote") and ref.kind is ModelKind.HUB:
+            remote = self._hub_remote(ref, options)
+            if remote is not None:
+                candidates.append(remote)
+        if not candidates:
+            raise ModelNotAvailableError(_not_available_message(ref, options))
+        return Plan(identity, candidates, local)
+
+    def _hub_remote(self, ref: ModelRef, options: RerankOptions) -> Backend | None:
+        assert ref.hub_id is not None
+        if options.api_base:
+            return self.remote.tei(options.api_base, options.api_key, options.timeout)
+        if hub_offline():
+            return None
+        return self.remote.hf_hosted(ref.hub_id, options.api_key, options.timeout)
+
+    def _plan_named(self, ref: ModelRef, options: RerankOptions) -> Plan:
+        if options.backend == "local" or not options.api_base:
+            raise ModelNotAvailableError(_not_available_message(ref, options))
+        backend = self.remote.cohere(options.api_base, ref.name, options.api_key, options.timeout)
+        identity = ModelIdentity(f"{options.api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0)
+        return Plan(identity, [backend])
+
+
+def _refuse_non_cross_encoders(ref: ModelRef) -> None:
+    known = lookup(ref.hub_id)
+    if known is not None and not known.is_cross_encoder:
+        raise UnsupportedModelError(
+            f"{known.hub_id} is an {known.kind} (an LLM that scores a 'Yes' token), not a cross-encoder; "
+            "loading it as one would score with a randomly initialised head. Use a cross-encoder such as "
+            "BAAI/bge-reranker-v2-m3 (`dheera-local models` lists them)."
+        )
+
+
+def _default_max_length(ref: ModelRef, weights: object) -> int:
+    known = lookup(ref.hub_id)
+    if known is not None:
+        return known.max_length
+    folder = getattr(weights, "path", None)
+    configured = configured_max_length(folder) if folder is not None else None
+    return min(configured, DEFAULT_MAX_LENGTH * 2) if configured else DEFAULT_MAX_LENGTH
+
+
+def _not_available_message(ref: ModelRef, options: RerankOptions) -> str:
+    if ref.kind is ModelKind.NAMED:
+        if options.backend == "local":
+            return f"model {ref.text!r} is not a hub id (ORG/NAME) or a local folder, so it cannot run locally"
+        return (
+            f"model {ref.text!r} is not a hub id (ORG/NAME) or a local model folder. To call a Cohere-compatible "
+            "server (e.g. a dheera-local proxy) that serves it, pass api_base"
+        )
+    if ref.kind is ModelKind.PATH:
+        return f"model folder {ref.path} cannot be served remotely; use backend='local' or 'auto'"
+    where = hub_cache_dir()
+    if options.backend == "local":
+        return (
+            f"{ref.hub_id}: no weights on this machine (looked in {where}). Fix: run "
+            f"`dheera-local pull {ref.hub_id}` while online, or copy a snapshot into that cache (HF_HOME), "
+            "or pass a local model folder as model"
+        )
+    return (
+        f"{ref.hub_id}: no weights on this machine (looked in {where}) and HF_HUB_OFFLINE forbids the "
+        f"HuggingFace hosted API. Fix: run `dheera-local pull {ref.hub_id}` while online, unset HF_HUB_OFFLINE "
+        "and set HF_TOKEN, or pass api_base for your own endpoint"
+    )

@@ -1,0 +1,304 @@
+"""HTTP for every remote backend: pooled httpx clients, timeouts, retries and error translation.
+
+Retries (exponential backoff with jitter, ``Retry-After`` honoured) cover connection errors,
+timeouts and 429/502/503/504, within a bounded number of attempts and an overall deadline. Other
+4xx are not retried. Errors carry the URL, the status and the server's message, never the token:
+tokens travel only in the ``Authorization`` header of requests to the configured URL (redirects
+are not followed), and any echo of the token in a server's message is masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import json
+import logging
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .._errors import RemoteBackendError
+
+logger = logging.getLogger("dheera_local")
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_AFTER_CAP = 60.0
+_TRANSPORT_ERRORS = (httpx.TransportError,)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one remote call."""
+
+    max_attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    deadline: float = 120.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def timeout(self, read_timeout: float | None) -> httpx.Timeout:
+        read = read_timeout or self.read_timeout
+        return httpx.Timeout(read, connect=min(self.connect_timeout, read))
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based), with up to 25% jitter."""
+        return min(self.base_delay * 2 ** (attempt - 1), self.max_delay) * (1 - 0.25 * random.random())
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request to make. ``label`` names the endpoint kind in messages, e.g. "TEI endpoint"."""
+
+    method: str
+    url: str
+    label: str
+    backend: str
+    json_body: Any = None
+    token: str | None = None
+    timeout: float | None = None
+
+
+class HttpClients:
+    """The pooled clients remote backends share: one sync client, one async client per event loop."""
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._transport = transport
+        self._async_transport = async_transport
+        self._sync: httpx.Client | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def sync(self) -> httpx.Client:
+        with self._lock:
+            if self._sync is None:
+                self._sync = httpx.Client(
+                    transport=self._transport, limits=httpx.Limits(max_connections=64), follow_redirects=False
+                )
+            return self._sync
+
+    def async_(self) -> httpx.AsyncClient:
+        # Pooled connections belong to the loop that opened them, so each loop gets its own client.
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.get(loop)
+            if client is None:
+                client = httpx.AsyncClient(
+                    transport=self._async_transport, limits=httpx.Limits(max_connections=64), follow_redirects=False
+                )
+                self._async[loop] = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sync is not None:
+                self._sync.close()
+                self._sync = None
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+
+
+def send(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
+    """Make ``call`` with retries; returns the decoded JSON body or raises RemoteBackendError."""
+    _warn_plain_http(call)
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = clients.sync().request(
+                call.method, call.url, json=call.json_body, headers=_headers(call), timeout=policy.timeout(call.timeout)
+            )
+            return decode(call, response)
+        except (RemoteBackendError, *_TRANSPORT_ERRORS) as exc:
+            error = _as_backend_error(call, exc)
+            delay = _retry_delay(error, exc, attempt, started, policy)
+            if delay is None:
+                raise error from exc
+            time.sleep(delay)
+
+
+async def asend(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
+    """The async twin of :func:`send`."""
+    _warn_plain_http(call)
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = await clients.async_().request(
+                call.method, call.url, json=call.json_body, headers=_headers(call), timeout=policy.timeout(call.timeout)
+            )
+            return decode(call, response)
+        except (RemoteBackendError, *_TRANSPORT_ERRORS) as exc:
+            error = _as_backend_error(call, exc)
+            delay = _retry_delay(error, exc, attempt, started, policy)
+            if delay is None:
+                raise error from exc
+            await asyncio.sleep(delay)
+
+
+def _headers(call: Call) -> dict[str, str]:
+    headers = {"Accept": "application/json", "User-Agent": "dheera-local"}
+    if call.token:
+        headers["Authorization"] = f"Bearer {call.token}"
+    return headers
+
+
+def decode(call: Call, response: httpx.Response) -> Any:
+    """The JSON body of a 2xx answer, or a RemoteBackendError that says what went wrong."""
+    if response.status_code >= 400:
+        error = RemoteBackendError(
+            f"{call.label} {call.url} answered {response.status_code}: {server_message(response, call.token)}"
+            + _status_hint(response.status_code),
+            backend=call.backend,
+            url=call.url,
+            status=response.status_code,
+            retryable=response.status_code in RETRY_STATUSES,
+            retry_after=retry_after_seconds(response.headers.get("retry-after")),
+        )
+        raise error
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        snippet = _mask(response.text[:120], call.token)
+        raise RemoteBackendError(
+            f"{call.label} {call.url} answered {response.status_code} with a body that is not JSON: {snippet!r}",
+            backend=call.backend,
+            url=call.url,
+            status=response.status_code,
+        ) from exc
+
+
+def _status_hint(status: int) -> str:
+    if status == 401:
+        return " (the API key or token was rejected: check api_key / HF_TOKEN)"
+    if status == 403:
+        return " (the token lacks permission for this model or endpoint)"
+    return ""
+
+
+def server_message(response: httpx.Response, token: str | None) -> str:
+    """The server's own error text (JSON ``error``/``message``/``detail``, else the body), masked."""
+    text = response.text
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message", value)
+            if value:
+                text = value if isinstance(value, str) else json.dumps(value)
+                break
+    text = " ".join(str(text).split())[:300] or "(empty body)"
+    return _mask(text, token)
+
+
+def _mask(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _as_backend_error(call: Call, exc: Exception) -> RemoteBackendError:
+    if isinstance(exc, RemoteBackendError):
+        return exc
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
+    detail = _mask(str(exc) or type(exc).__name__, call.token)
+    return RemoteBackendError(
+        f"{call.label} {call.url} {kind}: {detail}", backend=call.backend, url=call.url, retryable=True
+    )
+
+
+def _retry_delay(
+    error: RemoteBackendError, exc: Exception, attempt: int, started: float, policy: RetryPolicy
+) -> float | None:
+    """Seconds to wait before the next attempt, or None to give up now."""
+    if not error.retryable or attempt >= policy.max_attempts:
+        return None
+    delay = error.retry_after
+    if delay is None:
+        delay = policy.backoff(attempt)
+    if delay > RETRY_AFTER_CAP or time.monotonic() - started + delay > policy.deadline:
+        return None
+    logger.info("%s; retry %d/%d in %.2fs", error, attempt, policy.max_attempts - 1, delay)
+    return delay
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse ``Retry-After`` (seconds or an HTTP date) into seconds, or None."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+_warned_hosts: set[str] = set()
+
+
+def _warn_plain_http(call: Call) -> None:
+    if not call.token:
+        return
+    parts = urlsplit(call.url)
+    host = parts.hostname or ""
+    if parts.scheme == "http" and not _is_loopback(host) and host not in _warned_hosts:
+        _warned_hosts.add(host)
+        logger.warning("sending an API key over plain http to %s; use https for non-local endpoints", host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_concurrently(tasks: list[Callable[[], Any]], limit: int) -> list[Any]:
+    """Run blocking callables on up to ``limit`` threads; results in order, first error re-raised."""
+    if len(tasks) <= 1 or limit <= 1:
+        return [task() for task in tasks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(limit, len(tasks))) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        return [future.result() for future in futures]
+
+
+async def gather_bounded(coroutines: list[Any], limit: int) -> list[Any]:
+    """Await coroutines with at most ``limit`` in flight; results in order."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def bounded(coroutine: Any) -> Any:
+        async with semaphore:
+            return await coroutine
+
+    return list(await asyncio.gather(*(bounded(c) for c in coroutines)))

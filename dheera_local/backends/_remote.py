@@ -1,0 +1,168 @@
+"""What every remote backend shares: split a request, send the parts concurrently, merge.
+
+A provider subclass owns its payload (:meth:`RemoteBackend.call_for`), its parsing
+(:meth:`RemoteBackend.parse`) and its limits (:meth:`RemoteBackend.split`); this class runs the
+parts with bounded concurrency, halves a part the server calls too large, and puts the scores
+back in input order.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import SecretStr
+
+from .._errors import RemoteBackendError
+from ._http import Call, HttpClients, RetryPolicy, asend, gather_bounded, run_concurrently, send
+
+MAX_BODY_BYTES = 2_000_000
+
+
+class RemoteBackend:
+    """Base class of the HTTP backends. Subclasses set ``name`` and ``label`` and the three hooks."""
+
+    name = "remote"
+    label = "endpoint"
+    concurrency = 8
+
+    def __init__(
+        self, clients: HttpClients, policy: RetryPolicy, token: SecretStr | None, timeout: float | None
+    ) -> None:
+        self.clients = clients
+        self.policy = policy
+        self._token = token
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+    # Provider hooks -------------------------------------------------------------------------
+
+    def split(self, query: str, texts: list[str]) -> list[list[int]]:
+        """Index groups, one request each."""
+        raise NotImplementedError
+
+    def call_for(self, query: str, texts: list[str]) -> Call:
+        """The HTTP request scoring ``texts`` against ``query``."""
+        raise NotImplementedError
+
+    def parse(self, body: Any, count: int) -> list[float]:
+        """Raw logits, in order, from a decoded response body for ``count`` texts."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Blocking set-up before the first request (e.g. read the endpoint's limits)."""
+
+    async def aprepare(self) -> None:
+        """The async twin of :meth:`prepare`."""
+
+    # Shared machinery ---------------------------------------------------------------------
+
+    @property
+    def token(self) -> str | None:
+        return self._token.get_secret_value() if self._token is not None else None
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        self.prepare()
+        groups = self.split(query, texts)
+        parts = run_concurrently(
+            [functools.partial(self._score_part, query, [texts[i] for i in group]) for group in groups],
+            self.concurrency,
+        )
+        return _merge(len(texts), groups, parts)
+
+    async def ascore(self, query: str, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        await self.aprepare()
+        groups = self.split(query, texts)
+        parts = await gather_bounded(
+            [self._ascore_part(query, [texts[i] for i in group]) for group in groups], self.concurrency
+        )
+        return _merge(len(texts), groups, parts)
+
+    def _score_part(self, query: str, texts: list[str]) -> list[float]:
+        try:
+            return self.parse(send(self.clients, self.call_for(query, texts), self.policy), len(texts))
+        except RemoteBackendError as exc:
+            if not self._too_large(exc, texts):
+                raise
+            half = len(texts) // 2
+            return self._score_part(query, texts[:half]) + self._score_part(query, texts[half:])
+
+    async def _ascore_part(self, query: str, texts: list[str]) -> list[float]:
+        try:
+            return self.parse(await asend(self.clients, self.call_for(query, texts), self.policy), len(texts))
+        except RemoteBackendError as exc:
+            if not self._too_large(exc, texts):
+                raise
+            half = len(texts) // 2
+            return await self._ascore_part(query, texts[:half]) + await self._ascore_part(query, texts[half:])
+
+    def _too_large(self, exc: RemoteBackendError, texts: list[str]) -> bool:
+        # TEI answers 413 (<= 1.8) or 422 (>= 1.9) when a batch exceeds its limits.
+        message = str(exc).lower()
+        return (
+            len(texts) > 1
+            and exc.status in (413, 422)
+            and ("batch" in message or "length limit" in message or "too large" in message)
+        )
+
+    def unexpected(self, url: str, problem: str) -> RemoteBackendError:
+        """The error for a well-formed JSON body of the wrong shape."""
+        return RemoteBackendError(
+            f"{self.label} {url} answered with an unexpected body: {problem}", backend=self.name, url=url
+        )
+
+
+def group_by_limits(
+    query: str, texts: Sequence[str], max_texts: int, max_bytes: int = MAX_BODY_BYTES
+) -> list[list[int]]:
+    """Consecutive index groups of at most ``max_texts`` texts and about ``max_bytes`` of JSON."""
+    overhead = len(json.dumps(query)) + 200
+    groups: list[list[int]] = []
+    current: list[int] = []
+    size = overhead
+    for index, text in enumerate(texts):
+        cost = len(json.dumps(text)) + 2
+        if current and (len(current) >= max_texts or size + cost > max_bytes):
+            groups.append(current)
+            current, size = [], overhead
+        current.append(index)
+        size += cost
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _merge(count: int, groups: list[list[int]], parts: list[list[float]]) -> list[float]:
+    out = [math.nan] * count
+    for group, scores in zip(groups, parts, strict=True):
+        for index, score in zip(group, scores, strict=True):
+            out[index] = score
+    return out
+
+
+def as_float(value: Any) -> float | None:
+    """A finite float from a JSON number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def probability_to_logit(score: float) -> float:
+    """The logit whose sigmoid is ``score``; a score outside [0, 1] is already a logit."""
+    if not 0.0 <= score <= 1.0:
+        return score
+    clamped = min(max(score, 1e-15), 1.0 - 1e-15)
+    return math.log(clamped / (1.0 - clamped))

@@ -1,0 +1,76 @@
+"""A Cohere-compatible ``/rerank`` endpoint: another dheera-local server, Cohere, infinity, Voyage.
+
+``POST {api_base}/rerank`` with the Cohere body; the answer's ``results[]`` (Cohere) or
+``data[]`` (Voyage) carry ``index`` and ``relevance_score``. Scores in [0, 1] are turned back
+into logits (the inverse sigmoid), so the orchestrator's sigmoid gives the server's score back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import SecretStr
+
+from ._http import Call, HttpClients, RetryPolicy
+from ._remote import RemoteBackend, as_float, group_by_limits, probability_to_logit
+
+DOCUMENTS_PER_REQUEST = 1000
+
+
+def rerank_url(api_base: str) -> str:
+    base = api_base.rstrip("/")
+    return base if base.endswith("/rerank") else base + "/rerank"
+
+
+class CohereBackend(RemoteBackend):
+    """Scores through a Cohere-compatible endpoint, sending ``model`` as the server knows it."""
+
+    name = "cohere"
+    label = "Cohere-compatible endpoint"
+    concurrency = 4
+
+    def __init__(
+        self,
+        api_base: str,
+        model: str,
+        clients: HttpClients,
+        policy: RetryPolicy,
+        token: SecretStr | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(clients, policy, token, timeout)
+        self.url = rerank_url(api_base)
+        self.model = model
+
+    def describe(self) -> dict[str, str]:
+        return {"endpoint": self.url, "model": self.model}
+
+    def split(self, query: str, texts: list[str]) -> list[list[int]]:
+        return group_by_limits(query, texts, DOCUMENTS_PER_REQUEST)
+
+    def call_for(self, query: str, texts: list[str]) -> Call:
+        body = {
+            "model": self.model,
+            "query": query,
+            "documents": texts,
+            "top_n": len(texts),
+            "return_documents": False,
+        }
+        return Call("POST", self.url, self.label, self.name, body, self.token, self.timeout)
+
+    def parse(self, body: Any, count: int) -> list[float]:
+        results = None
+        if isinstance(body, dict):
+            results = body.get("results", body.get("data"))
+        if not isinstance(results, list):
+            raise self.unexpected(self.url, "expected an object with a results (or data) array")
+        scores: dict[int, float] = {}
+        for item in results:
+            index = item.get("index") if isinstance(item, dict) else None
+            score = as_float(item.get("relevance_score")) if isinstance(item, dict) else None
+            if not isinstance(index, int) or not 0 <= index < count or score is None:
+                raise self.unexpected(self.url, f"bad result entry {str(item)[:80]}")
+            scores[index] = probability_to_logit(score)
+        if len(scores) != count:
+            raise self.unexpected(self.url, f"{len(scores)} results for {count} documents")
+        return [scores[i] for i in range(count)]

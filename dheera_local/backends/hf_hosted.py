@@ -1,0 +1,98 @@
+"""The HuggingFace hosted inference API (hf-inference), text-classification over pairs.
+
+``POST {base}/models/ORG/NAME`` with ``{"inputs": [{"text": query, "text_pair": doc}, ...],
+"parameters": {"function_to_apply": "none"}}`` answers raw logits as ``[{label, score}]`` or
+``[[{label, score}], ...]`` (one list per input), in input order. ``base`` defaults to
+``https://router.huggingface.co/hf-inference``; ``DHEERA_HF_INFERENCE_URL`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import SecretStr
+
+from ._http import Call, HttpClients, RetryPolicy
+from ._remote import RemoteBackend, as_float, group_by_limits
+
+DEFAULT_HF_INFERENCE_URL = "https://router.huggingface.co/hf-inference"
+PAIRS_PER_REQUEST = 32
+
+
+def hf_inference_base() -> str:
+    return (os.environ.get("DHEERA_HF_INFERENCE_URL") or DEFAULT_HF_INFERENCE_URL).rstrip("/")
+
+
+def hf_token(api_key: SecretStr | None) -> SecretStr | None:
+    """``api_key``, else ``HF_TOKEN``, else the token huggingface_hub saved (``hf auth login``)."""
+    if api_key is not None:
+        return api_key
+    if os.environ.get("HF_TOKEN"):
+        return SecretStr(os.environ["HF_TOKEN"])
+    try:
+        from huggingface_hub import get_token
+
+        saved = get_token()
+    except Exception:  # a broken token file must not break scoring
+        saved = None
+    return SecretStr(saved) if saved else None
+
+
+class HFHostedBackend(RemoteBackend):
+    """Scores through HuggingFace's hosted inference for ``hub_id``."""
+
+    name = "hf_hosted"
+    label = "HF hosted inference"
+    concurrency = 4
+
+    def __init__(
+        self,
+        hub_id: str,
+        clients: HttpClients,
+        policy: RetryPolicy,
+        token: SecretStr | None = None,
+        timeout: float | None = None,
+        base: str | None = None,
+    ) -> None:
+        super().__init__(clients, policy, token, timeout)
+        self.hub_id = hub_id
+        self.url = f"{(base or hf_inference_base()).rstrip('/')}/models/{hub_id}"
+
+    def describe(self) -> dict[str, str]:
+        return {"endpoint": self.url}
+
+    def split(self, query: str, texts: list[str]) -> list[list[int]]:
+        return group_by_limits(query, texts, PAIRS_PER_REQUEST)
+
+    def call_for(self, query: str, texts: list[str]) -> Call:
+        body = {
+            "inputs": [{"text": query, "text_pair": text} for text in texts],
+            "parameters": {"function_to_apply": "none"},
+        }
+        return Call("POST", self.url, self.label, self.name, body, self.token, self.timeout)
+
+    def parse(self, body: Any, count: int) -> list[float]:
+        if not isinstance(body, list):
+            raise self.unexpected(self.url, f"expected a JSON array, got {type(body).__name__}")
+        if count == 1 and len(body) > 1 and all(isinstance(item, dict) for item in body):
+            body = [body]  # one input's labels, not one label per input
+        if len(body) != count:
+            raise self.unexpected(self.url, f"{len(body)} results for {count} pairs")
+        return [self._logit(item) for item in body]
+
+    def _logit(self, item: Any) -> float:
+        labels = item if isinstance(item, list) else [item]
+        scores = {}
+        for label in labels:
+            score = as_float(label.get("score")) if isinstance(label, dict) else None
+            if score is None:
+                raise self.unexpected(self.url, f"bad label entry {str(label)[:80]}")
+            scores[str(label.get("label", ""))] = score
+        if len(scores) == 1:
+            return next(iter(scores.values()))
+        if len(scores) == 2:
+            # Two-class heads: log-odds of the second label, matching the local backend.
+            negative, positive = (scores[name] for name in sorted(scores))
+            return positive - negative
+        raise self.unexpected(self.url, f"{len(scores)} labels per pair; rerankers have 1 or 2")

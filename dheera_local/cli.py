@@ -1,0 +1,285 @@
+"""The ``dheera-local`` command line.
+
+Subcommands: ``rerank``, ``models``, ``pull``, ``cache stats|clear``, ``serve`` (and the seed
+docs' form ``dheera-local --config config.yaml``), ``score``. Errors become one line on stderr
+and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import DheeraError, InvalidRequestError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--config"):
+        argv = ["serve", *argv]  # the seed docs' `dheera_ai --config config.yaml`
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except DheeraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # the weight-loading bar is noise for a CLI
+    except ImportError:
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dheera-local", description="Local-first reranking with remote fallback.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_rerank(commands)
+    _add_models(commands)
+    _add_pull(commands)
+    _add_cache(commands)
+    _add_serve(commands)
+    # score: added with the batch module
+    return parser
+
+
+def _command(
+    commands: Any, name: str, handler: Callable[[argparse.Namespace], int], help_: str
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help_, description=help_)
+    parser.set_defaults(handler=handler)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
+    return parser
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``rerank`` and ``score``: backend, endpoint, cache, device, precision."""
+    parser.add_argument("--backend", choices=("auto", "local", "remote"), default="auto")
+    parser.add_argument("--api-base", help="TEI- or Cohere-compatible endpoint URL")
+    parser.add_argument("--api-key", help="endpoint key (HF hosted defaults to $HF_TOKEN)")
+    parser.add_argument("--device", help="torch device for the local backend (default: auto)")
+    parser.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--max-length", type=int, help="tokens per (query, document) pair")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the score cache")
+    parser.add_argument("--cache-dir", help="score cache folder")
+    parser.add_argument("--timeout", type=float, help="seconds per remote request")
+
+
+def _add_rerank(commands: Any) -> None:
+    parser = _command(commands, "rerank", _cmd_rerank, "Rerank documents for a query; prints the JSON response.")
+    parser.add_argument("--model", required=True, help="huggingface/ORG/NAME, ORG/NAME or a model folder")
+    parser.add_argument("--query", required=True)
+    parser.add_argument("documents", nargs="*", metavar="DOC", help="documents (else --documents-file or stdin)")
+    parser.add_argument("--documents-file", help="one document per line, or JSONL (strings or objects)")
+    parser.add_argument("--top-n", type=int)
+    parser.add_argument("--return-documents", action="store_true")
+    parser.add_argument("--raw-scores", action="store_true", help="logits instead of sigmoid scores")
+    parser.add_argument("--rank-fields", help="comma-separated fields of object documents to score")
+    parser.add_argument("--max-chunks-per-doc", type=int, help="score long documents as up to N windows")
+    parser.add_argument("--max-tokens-per-doc", type=int, help="score up to N tokens of each document")
+    add_engine_options(parser)
+
+
+def _add_models(commands: Any) -> None:
+    parser = _command(
+        commands, "models", _cmd_models, "List the models in models.txt and whether their weights are here."
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_pull(commands: Any) -> None:
+    parser = _command(commands, "pull", _cmd_pull, "Download weights into the HuggingFace cache for offline use.")
+    parser.add_argument("models", nargs="+", metavar="MODEL")
+    parser.add_argument("--revision", help="branch, tag or commit (default: main)")
+
+
+def _add_cache(commands: Any) -> None:
+    parser = _command(commands, "cache", _cmd_cache, "Show or clear the score cache.")
+    parser.add_argument("action", choices=("stats", "clear"))
+    parser.add_argument("--cache-dir", help="score cache folder")
+
+
+def _add_serve(commands: Any) -> None:
+    parser = _command(commands, "serve", _cmd_serve, "Run the rerank proxy server (needs dheera_local[server]).")
+    parser.add_argument("--config", required=True, help="config.yaml with a model_list")
+    parser.add_argument("--host", help="bind address (127.0.0.1 without a master key)")
+    parser.add_argument("--port", type=int, default=4000)
+    parser.add_argument(
+        "--allow-unauthenticated", action="store_true", help="allow a non-loopback host without a master key"
+    )
+
+
+def _add_score(commands: Any) -> None:
+    from .batch.cli import add_score_arguments, run_score
+
+    parser = _command(commands, "score", run_score, "Score (query, document) pairs from a JSONL, CSV or Parquet file.")
+    add_score_arguments(parser)
+    add_engine_options(parser)
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The rerank() keyword options named by :func:`add_engine_options`."""
+    return {
+        "backend": args.backend,
+        "api_base": args.api_base,
+        "api_key": args.api_key,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_length": args.max_length,
+        "cache": not args.no_cache,
+        "cache_dir": args.cache_dir,
+        "timeout": args.timeout,
+    }
+
+
+def _cmd_rerank(args: argparse.Namespace) -> int:
+    from ._api import rerank
+
+    documents = _read_documents(args)
+    rank_fields = [f.strip() for f in args.rank_fields.split(",") if f.strip()] if args.rank_fields else None
+    response = rerank(
+        args.model, args.query, documents, top_n=args.top_n, return_documents=args.return_documents,
+        raw_scores=args.raw_scores, rank_fields=rank_fields, max_chunks_per_doc=args.max_chunks_per_doc,
+        max_tokens_per_doc=args.max_tokens_per_doc, **engine_options(args),
+    )  # fmt: skip
+    print(response.model_dump_json(indent=2))
+    return 0
+
+
+def _read_documents(args: argparse.Namespace) -> list[Any]:
+    if args.documents:
+        return list(args.documents)
+    if args.documents_file:
+        path = Path(args.documents_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidRequestError(
+                f"cannot read --documents-file {path}: {exc.strerror}", field="documents_file"
+            ) from exc
+        return parse_documents(text, jsonl=path.suffix in (".jsonl", ".ndjson") or None)
+    if not sys.stdin.isatty():
+        return parse_documents(sys.stdin.read())
+    raise InvalidRequestError(
+        "no documents: pass DOC arguments, --documents-file, or pipe them on stdin", field="documents"
+    )
+
+
+def parse_documents(text: str, jsonl: bool | None = None) -> list[Any]:
+    """Documents from text: one per line, or JSONL (a JSON string or object per line).
+
+    ``jsonl=None`` detects JSONL: every non-empty line is a JSON string or object.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    parsed = [_json_document(line) for line in lines] if jsonl is not False else []
+    if jsonl is None:
+        jsonl = bool(lines) and all(doc is not None for doc in parsed)
+    if not jsonl:
+        return lines
+    for number, doc in enumerate(parsed, start=1):
+        if doc is None:
+            raise InvalidRequestError(
+                f"line {number} is not a JSON string or object", field="documents", index=number - 1
+            )
+    return parsed
+
+
+def _json_document(line: str) -> Any:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, (str, dict)) else None
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ._catalog import known_models
+    from ._discovery import find_in_hub_cache
+
+    rows = []
+    for model in known_models().values():
+        weights = find_in_hub_cache(model.hub_id)
+        rows.append({
+            "model": model.hub_id, "kind": model.kind, "max_length": model.max_length, "params": model.params,
+            "languages": model.languages, "license": model.license,
+            "local": weights is not None, "path": str(weights.path) if weights else None,
+        })  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(row["model"]) for row in rows)
+    print(f"{'MODEL':<{width}}  {'KIND':<13} {'MAX_LEN':>7} {'PARAMS':>6}  {'LICENSE':<10} LOCAL WEIGHTS")
+    for row in rows:
+        where = row["path"] or "no (dheera-local pull " + row["model"] + ")"
+        columns = f"{row['kind']:<13} {row['max_length']:>7} {row['params']:>6}  {row['license']:<10}"
+        print(f"{row['model']:<{width}}  {columns} {where}")
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from ._pull import pull
+
+    status = 0
+    for model in args.models:
+        try:
+            weights = pull(model, revision=args.revision)
+        except DheeraError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        print(f"{weights.model_id}: revision {weights.revision} at {weights.path}")
+    return status
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from ._cache import open_cache
+
+    cache = open_cache(Path(args.cache_dir) if args.cache_dir else None)
+    if cache is None:
+        print("error: the score cache cannot be opened (see the warning above)", file=sys.stderr)
+        return EXIT_ERROR
+    if args.action == "clear":
+        removed = cache.clear()
+        print(f"removed {removed} cached scores from {cache.directory}")
+    else:
+        print(json.dumps(cache.stats(), indent=2))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server.run import serve
+    except ImportError as exc:
+        print(
+            f"error: the server needs its extra: pip install 'dheera_local[server]' ({exc.name} is missing)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return serve(args.config, host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny cross-encoders built offline, an isolated HF cache and score cache.
+
+No test downloads a model or reaches the internet: models are built here from a word list,
+laid out as huggingface_hub cache entries, and remote endpoints are loopback servers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from dheera_local import testing
+
+TINY_BERT_ID = "tiny-org/tiny-bert-reranker"
+TINY_XLMR_ID = "tiny-org/tiny-xlmr-reranker"
+BERT_REVISION = "1" * 40
+XLMR_REVISION = "2" * 40
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(models_root: Path) -> Path:
+    """A random 2-layer BERT cross-encoder with an ms-marco-style Identity activation."""
+    return testing.build_cross_encoder(
+        models_root / "tiny-bert", arch="bert", seed=1, activation_fn="torch.nn.modules.linear.Identity"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr(models_root: Path) -> Path:
+    """A random 2-layer XLM-RoBERTa cross-encoder (bge-reranker's architecture, tiny)."""
+    return testing.build_cross_encoder(models_root / "tiny-xlmr", arch="xlm-roberta", seed=2)
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_xlmr: Path) -> Path:
+    """A huggingface_hub cache folder holding both tiny models under hub ids."""
+    cache = tmp_path_factory.mktemp("hf-home") / "hub"
+    testing.install_in_hub_cache(tiny_bert, TINY_BERT_ID, cache, revision=BERT_REVISION)
+    testing.install_in_hub_cache(tiny_xlmr, TINY_XLMR_ID, cache, revision=XLMR_REVISION)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def keyword_model(models_root: Path) -> Path:
+    """A tiny cross-encoder trained to score documents containing the word 'paris' high."""
+    return testing.train_keyword_reranker(models_root / "keyword-paris", keyword="paris")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub_cache: Path) -> Path:
+    """Every test: its own score cache, the tiny HF cache, no tokens, no route to the internet."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HOME", str(hub_cache.parent))
+    monkeypatch.setenv("DHEERA_CACHE_DIR", str(tmp_path / "score-cache"))
+    monkeypatch.setenv("DHEERA_HF_INFERENCE_URL", f"http://127.0.0.1:{closed_port()}")
+    for variable in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "DHEERA_AI_API_KEY",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    logging.getLogger("dheera_local").setLevel(logging.INFO)
+    return tmp_path

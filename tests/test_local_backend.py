@@ -1,0 +1,217 @@
+"""The local backend: fidelity with sentence-transformers, caching, precision and device rules."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from sentence_transformers import CrossEncoder
+
+import dheera_local
+from conftest import BERT_REVISION, TINY_BERT_ID, TINY_XLMR_ID
+from dheera_local import UnsupportedModelError
+from dheera_local._hardware import CpuFeatures, resolve_dtype
+from dheera_local.testing import build_cross_encoder
+
+QUERY = "what is the capital of the united states"
+DOCS = [
+    "washington is the capital of the united states",
+    "carson city is the capital city of nevada",
+    "the commonwealth of the northern mariana islands is a group of islands in the pacific ocean " * 20,
+    "capital punishment",
+    "",
+    "paris",
+]
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_xlmr"])
+def test_scores_equal_sigmoid_of_crossencoder_logits_in_fp32(
+    model_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    folder: Path = request.getfixturevalue(model_fixture)
+    encoder = CrossEncoder(str(folder), activation_fn=torch.nn.Identity(), device="cpu")
+    expected = encoder.predict([(QUERY, doc) for doc in DOCS])
+    response = dheera_local.rerank(str(folder), QUERY, DOCS, dtype="float32", device="cpu", cache=False)
+    by_index = {r.index: r.relevance_score for r in response.results}
+    for index, logit in enumerate(expected):
+        assert by_index[index] == pytest.approx(sigmoid(float(logit)), abs=1e-5)
+    raw = dheera_local.rerank(str(folder), QUERY, DOCS, dtype="float32", raw_scores=True, cache=False)
+    for result in raw.results:
+        assert result.relevance_score == pytest.approx(float(expected[result.index]), abs=1e-5)
+
+
+def test_trained_model_ranks_the_keyword_document_first(keyword_model: Path) -> None:
+    docs = ["berlin is in germany", "the city of paris has a famous museum", "rome and madrid", "tea and coffee"]
+    response = dheera_local.rerank(str(keyword_model), "which city has the museum", docs, dtype="float32")
+    assert response.results[0].index == 1
+    assert response.results[0].relevance_score > 0.9
+    assert all(r.relevance_score < 0.1 for r in response.results[1:])
+
+
+def test_cached_answer_is_bit_for_bit_the_uncached_answer() -> None:
+    uncached = dheera_local.rerank(TINY_XLMR_ID, QUERY, DOCS, cache=False)
+    first = dheera_local.rerank(TINY_XLMR_ID, QUERY, DOCS)
+    cached = dheera_local.rerank(TINY_XLMR_ID, QUERY, DOCS)
+    assert cached.backend == "cache" and cached.cache_hits == len(DOCS)
+    for a, b, c in zip(uncached.results, first.results, cached.results, strict=True):
+        assert a.index == b.index == c.index
+        assert a.relevance_score == b.relevance_score == c.relevance_score  # exact, not approx
+
+
+def test_partial_cache_hits_compute_only_the_misses() -> None:
+    dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS[:3])
+    response = dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS)
+    assert response.cache_hits == 3
+    assert response.meta.dheera_local.scored == len(DOCS) - 3
+    assert response.backend == "local"
+
+
+def test_cache_key_depends_on_max_length_and_query() -> None:
+    dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS)
+    assert dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, max_length=64).cache_hits == 0
+    assert dheera_local.rerank(TINY_BERT_ID, "another query", DOCS).cache_hits == 0
+
+
+def test_cache_false_neither_reads_nor_writes(isolated_env: Path) -> None:
+    dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, cache=False)
+    assert not (isolated_env / "score-cache").exists()
+    assert dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS).cache_hits == 0
+
+
+def test_top_n_and_return_documents() -> None:
+    docs = ["a", {"text": "b", "id": "doc-b", "year": 2020}, "c"]
+    response = dheera_local.rerank(TINY_BERT_ID, QUERY, docs, top_n=2, return_documents=True)
+    assert len(response.results) == 2
+    full = dheera_local.rerank(TINY_BERT_ID, QUERY, docs, return_documents=True)
+    documents = {r.index: r.document for r in full.results}
+    assert documents == {0: {"text": "a"}, 1: {"text": "b", "id": "doc-b", "year": 2020}, 2: {"text": "c"}}
+
+
+def test_long_documents_are_truncated_not_rejected() -> None:
+    huge = "washington capital " * 5000
+    response = dheera_local.rerank(TINY_BERT_ID, QUERY, [huge, "short"], max_length=64)
+    assert len(response.results) == 2
+
+
+def test_bf16_weights_keep_scores_close_and_return_fp32_floats(keyword_model: Path) -> None:
+    docs = ["paris museum", "berlin zoo", "a paris cafe", "madrid", "tokyo tower"]
+    fp32 = dheera_local.rerank(str(keyword_model), "city", docs, dtype="float32", cache=False)
+    bf16 = dheera_local.rerank(str(keyword_model), "city", docs, dtype="bfloat16", cache=False)
+    assert bf16.meta.dheera_local.dtype == "bfloat16"
+    assert {r.index for r in bf16.results[:2]} == {r.index for r in fp32.results[:2]} == {0, 2}
+    ref = {r.index: r.relevance_score for r in fp32.results}
+    assert all(abs(r.relevance_score - ref[r.index]) < 0.02 for r in bf16.results)
+
+
+def test_fp16_scores_do_not_collapse_into_ties(keyword_model: Path) -> None:
+    # Logits are upcast before the sigmoid: distinct logits stay distinct scores.
+    docs = [" ".join(["paris"] + ["museum"] * n) for n in range(6)]
+    response = dheera_local.rerank(str(keyword_model), "city", docs, dtype="float16", raw_scores=False, cache=False)
+    assert all(isinstance(r.relevance_score, float) for r in response.results)
+    assert response.meta.dheera_local.dtype == "float16"
+
+
+def test_auto_precision_rule() -> None:
+    assert resolve_dtype("auto", "cpu", CpuFeatures(avx512_bf16=True)) is torch.bfloat16
+    assert resolve_dtype("auto", "cpu", CpuFeatures(amx_bf16=True)) is torch.bfloat16
+    assert resolve_dtype(None, "cpu", CpuFeatures()) is torch.float32  # no native bf16: fp32
+    assert resolve_dtype("fp16", "cpu", CpuFeatures()) is torch.float16  # an explicit choice wins
+    assert resolve_dtype("auto", "mps", CpuFeatures()) is torch.float16
+
+
+def test_response_reports_device_and_dtype() -> None:
+    response = dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, device="cpu", dtype="float32")
+    assert (response.meta.dheera_local.device, response.meta.dheera_local.dtype) == ("cpu", "float32")
+
+
+def test_one_load_per_model_device_dtype_even_under_concurrency() -> None:
+    from dheera_local._discovery import find_in_hub_cache
+    from dheera_local.backends.local import load_model
+
+    weights = find_in_hub_cache(TINY_BERT_ID)
+    loaded = []
+    threads = [
+        threading.Thread(target=lambda: loaded.append(load_model(weights, "cpu", torch.float32))) for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(model) for model in loaded}) == 1
+    assert load_model(weights, "cpu", torch.bfloat16) is not loaded[0]
+
+
+def test_concurrent_async_calls_are_correct_and_match_sync() -> None:
+    queries = [f"query number {i} capital" for i in range(8)]
+
+    async def many() -> list:
+        return await asyncio.gather(*(dheera_local.arerank(TINY_BERT_ID, q, DOCS, cache=False) for q in queries))
+
+    async_results = asyncio.run(many())
+    for query, response in zip(queries, async_results, strict=True):
+        sync = dheera_local.rerank(TINY_BERT_ID, query, DOCS, cache=False)
+        assert [(r.index, r.relevance_score) for r in response.results] == [
+            (r.index, r.relevance_score) for r in sync.results
+        ]
+
+
+def test_arerank_does_not_block_the_event_loop() -> None:
+    ticks = []
+
+    async def ticker(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            ticks.append(1)
+            await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(ticker(stop))
+        await dheera_local.arerank(TINY_XLMR_ID, QUERY, DOCS * 30, cache=False, max_length=256)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert len(ticks) > 5  # the loop kept running while inference ran in a worker thread
+
+
+def test_llm_rerankers_are_refused_with_a_clear_message() -> None:
+    with pytest.raises(UnsupportedModelError, match="not a cross-encoder"):
+        dheera_local.rerank("huggingface/BAAI/bge-reranker-v2-gemma", QUERY, DOCS)
+
+
+def test_a_model_without_a_classification_head_is_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "causal"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match="ForSequenceClassification"):
+        dheera_local.rerank(str(folder), QUERY, DOCS)
+
+
+def test_two_label_models_score_the_positive_class(tmp_path: Path) -> None:
+    folder = build_cross_encoder(tmp_path / "two-labels", num_labels=2, seed=3)
+    encoder = CrossEncoder(str(folder), device="cpu")
+    probabilities = encoder.predict([(QUERY, d) for d in DOCS[:3]], apply_softmax=True)
+    response = dheera_local.rerank(str(folder), QUERY, DOCS[:3], dtype="float32", cache=False)
+    for result in response.results:
+        assert result.relevance_score == pytest.approx(float(probabilities[result.index][1]), abs=1e-5)
+
+
+def test_revision_on_disk_is_part_of_the_identity() -> None:
+    response = dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS)
+    from dheera_local._discovery import find_in_hub_cache
+
+    assert find_in_hub_cache(TINY_BERT_ID).revision == BERT_REVISION
+    assert response.meta.dheera_local.model == TINY_BERT_ID

@@ -1,0 +1,90 @@
+"""The public surface: names, signatures, the response schema and the seed docs' examples."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import uuid
+
+import pytest
+
+import dheera_local
+import dheera_local as dheera_ai
+from conftest import TINY_XLMR_ID
+
+SEED_QUERY = "What is the capital of the United States?"
+SEED_DOCUMENTS = [
+    "Carson City is the capital city of the American state of Nevada.",
+    "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean. "
+    "Its capital is Saipan.",
+    "Washington, D.C. is the capital of the United States.",
+    "Capital punishment has existed in the United States since before it was a country.",
+]
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in dir(dheera_local) if not name.startswith("_") or name == "__version__"}
+    modules = {name for name in public if inspect.ismodule(getattr(dheera_local, name))}
+    assert set(dheera_local.__all__) == public - modules
+
+
+def test_rerank_signature_is_the_contract() -> None:
+    expected = [
+        "model", "query", "documents", "top_n", "return_documents", "api_base", "api_key", "backend", "cache",
+        "cache_dir", "device", "dtype", "max_length", "raw_scores", "timeout",
+    ]  # fmt: skip
+    for function in (dheera_local.rerank, dheera_local.arerank):
+        params = list(inspect.signature(function).parameters)
+        assert params[: len(expected)] == expected
+        assert inspect.signature(function).parameters["backend"].default == "auto"
+    assert inspect.iscoroutinefunction(dheera_local.arerank)
+
+
+def test_seed_sdk_example_runs_unchanged_and_matches_the_response_shape() -> None:
+    response = dheera_ai.rerank(
+        model=f"huggingface/{TINY_XLMR_ID}", query=SEED_QUERY, documents=SEED_DOCUMENTS, top_n=3
+    )
+    data = response.model_dump()
+    assert list(data) == ["results", "id", "meta"]
+    assert uuid.UUID(data["id"]).version == 4
+    assert len(data["results"]) == 3
+    for result in data["results"]:
+        assert set(result) == {"index", "relevance_score"}  # no "document" key, not even null
+        assert 0.0 < result["relevance_score"] < 1.0
+    scores = [r["relevance_score"] for r in data["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert data["meta"]["api_version"] == {"version": "2", "is_experimental": False}
+    assert data["meta"]["billed_units"] == {"search_units": 1}
+    assert data["meta"]["dheera_local"]["backend"] == "local"
+    assert json.loads(response.model_dump_json()) == data
+
+
+def test_seed_async_example_runs_unchanged() -> None:
+    async def async_rerank_example() -> dheera_local.RerankResponse:
+        return await dheera_ai.arerank(
+            model=f"huggingface/{TINY_XLMR_ID}", query=SEED_QUERY, documents=SEED_DOCUMENTS, top_n=3
+        )
+
+    response = asyncio.run(async_rerank_example())
+    assert [r.index for r in response.results] == [
+        r.index for r in dheera_ai.rerank(f"huggingface/{TINY_XLMR_ID}", SEED_QUERY, SEED_DOCUMENTS, top_n=3).results
+    ]
+
+
+def test_litellm_style_item_access() -> None:
+    response = dheera_ai.rerank(TINY_XLMR_ID, SEED_QUERY, SEED_DOCUMENTS, return_documents=True)
+    assert response["results"][0]["index"] == response.results[0].index
+    assert response["results"][0]["document"] == {"text": SEED_DOCUMENTS[response.results[0].index]}
+    assert "results" in response and response.get("missing", 7) == 7
+    assert response["meta"]["billed_units"]["search_units"] == 1
+    with pytest.raises(KeyError):
+        response["nope"]
+
+
+def test_response_reports_backend_and_cache_hits() -> None:
+    first = dheera_ai.rerank(TINY_XLMR_ID, SEED_QUERY, SEED_DOCUMENTS)
+    second = dheera_ai.rerank(TINY_XLMR_ID, SEED_QUERY, SEED_DOCUMENTS)
+    assert (first.backend, first.cache_hits) == ("local", 0)
+    assert (second.backend, second.cache_hits) == ("cache", 4)
+    assert second.meta.dheera_local.scored == 0
