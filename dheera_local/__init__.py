@@ -13,10 +13,11 @@ from ._errors import (
     InvalidRequestError,
     LocalBackendError,
     ModelNotAvailableError,
+    OverloadedError,
     RemoteBackendError,
     UnsupportedModelError,
 )
-from ._orchestrator import Reranker
+from ._orchestrator import PairScores, Reranker
 from ._response import RerankResponse, RerankResult
 from .backends._http import RetryPolicy
 
@@ -30,7 +31,9 @@ __all__ = [
     "InvalidRequestError",
     "LocalBackendError",
     "ModelNotAvailableError",
+    "OverloadedError",
     "RemoteBackendError",
+    "PairScores",
     "RerankResponse",
     "RerankResult",
     "Reranker",

@@ -10,6 +10,7 @@ Every error the library raises on purpose derives from :class:`DheeraError`::
     │   ├── LocalBackendError      weights that won't load, inference failure after OOM back-off
     │   └── RemoteBackendError     an HTTP endpoint failed (status, url, server message)
     ├── AllBackendsFailedError     every candidate backend failed; lists what was tried
+    ├── OverloadedError            a bounded queue is full; retry after ``retry_after`` seconds
     └── ConfigError                a bad server config.yaml; names the key path
 
 Foreign exceptions (torch, httpx, huggingface_hub) are translated where they are caught and
@@ -96,6 +97,14 @@ class AllBackendsFailedError(DheeraError):
         return None
 
 
+class OverloadedError(DheeraError):
+    """A bounded queue is full (the server answers 429 with ``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ConfigError(DheeraError):
     """A configuration file or value is invalid. ``path`` is the key path, e.g. ``model_list[1].model``."""
 
@@ -112,6 +121,7 @@ __all__ = [
     "InvalidRequestError",
     "LocalBackendError",
     "ModelNotAvailableError",
+    "OverloadedError",
     "RemoteBackendError",
     "UnsupportedModelError",
 ]

@@ -1,9 +1,10 @@
 """The orchestrator: one path from a validated request to a response.
 
-validate -> plan (which backends, which cache identity) -> dedupe -> cache lookup -> score the
-misses, falling back along the plan -> store -> sigmoid, sort, top_n -> response.
+validate -> plan (which backends, which cache identity) -> dedupe pairs -> cache lookup -> score
+the misses, falling back along the plan -> store -> sigmoid, sort, top_n -> response.
 Nothing below this module calls back up; the sync and async paths share every step but the
-scoring call itself.
+scoring call itself. Work is done on (query, text) pairs, so reranking, chunked documents and
+batch scoring of mixed queries go through the same cache and fallback logic.
 """
 
 from __future__ import annotations
@@ -12,20 +13,27 @@ import asyncio
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from ._cache import ScoreCache, cache_key, open_cache
 from ._errors import AllBackendsFailedError, BackendError
-from ._request import RerankRequest, build_request
+from ._model_ref import parse_model
+from ._request import RerankOptions, RerankRequest, build_options, build_request
 from ._response import BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy
 from ._selector import Plan, Selector
-from .backends.base import Backend
+from .backends._http import HttpClients, RetryPolicy
+from .backends.base import Backend, ascore_pairs, score_pairs
+from .backends.local import LocalBackend
 from .backends.remote import RemoteFactory
 
 logger = logging.getLogger("dheera_local")
 
 DOCUMENTS_PER_SEARCH_UNIT = 100
+Pair = tuple[str, str]
 
 
 def sigmoid(logit: float) -> float:
@@ -37,112 +45,169 @@ def sigmoid(logit: float) -> float:
 
 
 @dataclass
-class _Work:
-    """One request in flight: unique texts, their cache keys, and the logits found so far."""
+class PairScores:
+    """Logits for a list of pairs, and where they came from."""
 
-    request: RerankRequest
+    logits: list[float]
+    served_by: ServedBy
+
+    @property
+    def scores(self) -> list[float]:
+        """Sigmoid relevance scores, as ``rerank`` reports them."""
+        return [sigmoid(logit) for logit in self.logits]
+
+
+@dataclass
+class _Work:
+    """Pairs in flight: each unique pair's cache key, and the logits found so far."""
+
     plan: Plan
     cache: ScoreCache | None
-    keys: dict[str, str]
-    logits: dict[str, float]
+    keys: dict[Pair, str]
+    logits: dict[Pair, float]
     cache_hits: int = 0
     backend: Backend | None = None
     failures: list[tuple[str, BackendError]] = field(default_factory=list)
 
     @property
-    def misses(self) -> list[str]:
-        return [text for text in self.keys if text not in self.logits]
+    def misses(self) -> list[Pair]:
+        return [pair for pair in self.keys if pair not in self.logits]
 
-    def store(self, texts: list[str], logits: list[float]) -> None:
-        fresh = dict(zip(texts, logits, strict=True))
+    def store(self, pairs: list[Pair], logits: list[float]) -> None:
+        fresh = dict(zip(pairs, logits, strict=True))
         self.logits.update(fresh)
         if self.cache is not None:
-            self.cache.set_many({self.keys[text]: logit for text, logit in fresh.items()})
+            self.cache.set_many({self.keys[pair]: logit for pair, logit in fresh.items()})
+
+    def served_by(self) -> ServedBy:
+        details = self.backend.describe() if self.backend is not None else {}
+        return ServedBy(
+            backend=self.backend.name if self.backend is not None else "cache",
+            model=self.plan.identity.model_id,
+            cache_hits=self.cache_hits,
+            scored=len(self.keys) - self.cache_hits,
+            fallbacks=[name for name, _ in self.failures],
+            device=details.get("device"),
+            dtype=details.get("dtype"),
+        )
 
 
 class Reranker:
     """Owns the resources of reranking (HTTP clients, backend selection); thread- and task-safe.
 
-    ``dheera_local.rerank`` uses a process-wide instance; create your own to inject an HTTP
-    transport or retry policy, and close it when done.
+    ``dheera_local.rerank`` uses a process-wide instance. Create your own to inject an httpx
+    transport or a retry policy (and close it when done), or to wrap local backends (the server's
+    micro-batcher does).
+
+    Args:
+        retry: Timeouts, attempts and backoff for remote calls.
+        transport: An ``httpx.BaseTransport`` for the sync client (tests pass a MockTransport).
+        async_transport: An ``httpx.AsyncBaseTransport`` for the async clients.
+        local_wrapper: Called with each local backend the selector plans; returns the backend to use.
     """
 
-    def __init__(self, remote: RemoteFactory | None = None) -> None:
-        self.remote = remote or RemoteFactory()
-        self.selector = Selector(self.remote)
+    def __init__(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        local_wrapper: Callable[[LocalBackend], Backend] | None = None,
+    ) -> None:
+        self.remote = RemoteFactory(HttpClients(transport, async_transport), retry)
+        self.selector = Selector(self.remote, local_wrapper)
 
     def rerank(
-        self,
-        model: str,
-        query: str,
-        documents: list[Any],
-        top_n: int | None = None,
-        return_documents: bool = False,
-        **options: Any,
-    ) -> RerankResponse:
+        self, model: str, query: str, documents: list[Any], top_n: int | None = None,
+        return_documents: bool = False, **options: Any,
+    ) -> RerankResponse:  # fmt: skip
         """Validate and serve one request; see :func:`dheera_local.rerank`."""
         return self.run(build_request(model, query, documents, top_n, return_documents, **options))
 
     async def arerank(
-        self,
-        model: str,
-        query: str,
-        documents: list[Any],
-        top_n: int | None = None,
-        return_documents: bool = False,
-        **options: Any,
-    ) -> RerankResponse:
+        self, model: str, query: str, documents: list[Any], top_n: int | None = None,
+        return_documents: bool = False, **options: Any,
+    ) -> RerankResponse:  # fmt: skip
         """The async twin of :meth:`rerank`; blocking work runs in worker threads."""
         return await self.arun(build_request(model, query, documents, top_n, return_documents, **options))
 
     def run(self, request: RerankRequest) -> RerankResponse:
+        """Serve a validated request."""
         if not request.texts:
             return _empty_response(request)
-        work = self._prepare(request)
-        misses = work.misses
-        if misses:
-            logits = self._score(work, misses)
-            work.store(misses, logits)
-        return _response(work)
+        work = self._prepare(request.model, request.options, [(request.query, t) for t in request.texts])
+        self._fill(work)
+        return _response(request, work)
 
     async def arun(self, request: RerankRequest) -> RerankResponse:
+        """The async twin of :meth:`run`."""
         if not request.texts:
             return _empty_response(request)
-        work = await asyncio.to_thread(self._prepare, request)
-        misses = work.misses
-        if misses:
-            logits = await self._ascore(work, misses)
-            await asyncio.to_thread(work.store, misses, logits)
-        return _response(work)
+        pairs = [(request.query, t) for t in request.texts]
+        work = await asyncio.to_thread(self._prepare, request.model, request.options, pairs)
+        await self._afill(work)
+        return _response(request, work)
 
-    def _prepare(self, request: RerankRequest) -> _Work:
-        plan = self.selector.plan(request.model, request.options)
-        keys = {text: cache_key(plan.identity, request.query, text) for text in dict.fromkeys(request.texts)}
-        cache = open_cache(request.options.cache_dir) if request.options.use_cache else None
+    def score_pairs(self, model: str, pairs: list[Pair], **options: Any) -> PairScores:
+        """Logits for (query, document) pairs with any mix of queries, through the cache.
+
+        Args:
+            model: As for :meth:`rerank`.
+            pairs: ``(query, document)`` strings.
+            **options: The keyword options of :func:`dheera_local.rerank` (backend, device, ...).
+        """
+        ref, opts = parse_model(model), build_options(**options)
+        if not pairs:
+            return PairScores([], ServedBy(backend="none", model=ref.name))
+        work = self._prepare(ref, opts, pairs)
+        self._fill(work)
+        return PairScores([work.logits[pair] for pair in pairs], work.served_by())
+
+    async def ascore_pairs(self, model: str, pairs: list[Pair], **options: Any) -> PairScores:
+        """The async twin of :meth:`score_pairs`."""
+        ref, opts = parse_model(model), build_options(**options)
+        if not pairs:
+            return PairScores([], ServedBy(backend="none", model=ref.name))
+        work = await asyncio.to_thread(self._prepare, ref, opts, pairs)
+        await self._afill(work)
+        return PairScores([work.logits[pair] for pair in pairs], work.served_by())
+
+    def _prepare(self, ref: Any, options: RerankOptions, pairs: list[Pair]) -> _Work:
+        plan = self.selector.plan(ref, options)
+        keys = {pair: cache_key(plan.identity, *pair) for pair in dict.fromkeys(pairs)}
+        cache = open_cache(options.cache_dir) if options.use_cache else None
         found = cache.get_many(list(keys.values())) if cache is not None else {}
-        logits = {text: found[key] for text, key in keys.items() if key in found}
-        return _Work(request, plan, cache, keys, logits, cache_hits=len(logits))
+        logits = {pair: found[key] for pair, key in keys.items() if key in found}
+        return _Work(plan, cache, keys, logits, cache_hits=len(logits))
 
-    def _score(self, work: _Work, texts: list[str]) -> list[float]:
+    def _fill(self, work: _Work) -> None:
+        misses = work.misses
+        if not misses:
+            return
         for backend in work.plan.candidates:
             try:
-                logits = backend.score(work.request.query, texts)
+                logits = score_pairs(backend, misses)
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue
             work.backend = backend
-            return logits
+            work.store(misses, logits)
+            return
         raise _all_failed(work)
 
-    async def _ascore(self, work: _Work, texts: list[str]) -> list[float]:
+    async def _afill(self, work: _Work) -> None:
+        misses = work.misses
+        if not misses:
+            return
         for backend in work.plan.candidates:
             try:
-                logits = await backend.ascore(work.request.query, texts)
+                logits = await ascore_pairs(backend, misses)
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue
             work.backend = backend
-            return logits
+            await asyncio.to_thread(work.store, misses, logits)
+            return
         raise _all_failed(work)
 
     def close(self) -> None:
@@ -150,6 +215,7 @@ class Reranker:
         self.remote.close()
 
     async def aclose(self) -> None:
+        """Close the HTTP clients, including this event loop's async client."""
         await self.remote.aclose()
 
 
@@ -163,32 +229,22 @@ def _record_failure(work: _Work, backend: Backend, exc: BackendError) -> None:
 def _all_failed(work: _Work) -> AllBackendsFailedError:
     tried = "; ".join(f"{name}: {error}" for name, error in work.failures)
     model = work.plan.identity.model_id
-    hint = (
-        "Fix: check the endpoint and api_key above, run `dheera-local pull` to score locally, "
-        "or pass backend='local' / 'remote' to choose one"
-    )
+    if work.plan.local is None and work.plan.identity.revision == "remote" and "/" in model and "#" not in model:
+        hint = (
+            f"Fix: run `dheera-local pull {model}` while online to score locally, "
+            "check HF_TOKEN / api_key, or pass api_base for your own endpoint"
+        )
+    else:
+        hint = "Fix: check the endpoint and api_key above, or pass backend='local' / 'remote' to choose one"
     return AllBackendsFailedError(f"every backend failed for {model}: {tried}. {hint}", work.failures)
 
 
-def _served_by(work: _Work) -> ServedBy:
-    details = work.backend.describe() if work.backend is not None else {}
-    return ServedBy(
-        backend=work.backend.name if work.backend is not None else "cache",
-        model=work.plan.identity.model_id,
-        cache_hits=work.cache_hits,
-        scored=len(work.keys) - work.cache_hits,
-        fallbacks=[name for name, _ in work.failures],
-        device=details.get("device"),
-        dtype=details.get("dtype"),
-    )
-
-
-def _response(work: _Work) -> RerankResponse:
-    request = work.request
+def _response(request: RerankRequest, work: _Work) -> RerankResponse:
     raw = request.options.raw_scores
-    scored = [
-        (index, work.logits[text] if raw else sigmoid(work.logits[text])) for index, text in enumerate(request.texts)
-    ]
+    scored = []
+    for index, text in enumerate(request.texts):
+        logit = work.logits[(request.query, text)]
+        scored.append((index, logit if raw else sigmoid(logit)))
     scored.sort(key=lambda pair: (-pair[1], pair[0]))
     if request.top_n is not None:
         scored = scored[: request.top_n]
@@ -200,7 +256,7 @@ def _response(work: _Work) -> RerankResponse:
         )
         for index, score in scored
     ]
-    meta = RerankMeta(billed_units=BilledUnits(search_units=search_units(request)), dheera_local=_served_by(work))
+    meta = RerankMeta(billed_units=BilledUnits(search_units=search_units(request)), dheera_local=work.served_by())
     return RerankResponse(results=results, id=str(uuid.uuid4()), meta=meta)
 
 

@@ -8,6 +8,7 @@ candidates in the order they are tried; the orchestrator falls back along it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._cache import ModelIdentity
@@ -35,8 +36,9 @@ class Plan:
 class Selector:
     """Turns a model reference and options into a :class:`Plan`."""
 
-    def __init__(self, remote: RemoteFactory) -> None:
+    def __init__(self, remote: RemoteFactory, local_wrapper: Callable[[LocalBackend], Backend] | None = None) -> None:
         self.remote = remote
+        self.local_wrapper = local_wrapper
 
     def plan(self, ref: ModelRef, options: RerankOptions) -> Plan:
         if ref.kind is ModelKind.NAMED:
@@ -52,7 +54,7 @@ class Selector:
             identity = ModelIdentity(ref.hub_id or ref.text, "remote", max_length)
         candidates: list[Backend] = []
         if options.backend in ("auto", "local") and local is not None:
-            candidates.append(local)
+            candidates.append(self.local_wrapper(local) if self.local_wrapper else local)
         if options.backend in ("auto", "remote") and ref.kind is ModelKind.HUB:
             remote = self._hub_remote(ref, options)
             if remote is not None:

@@ -238,5 +238,8 @@ class LocalBackend:
     async def ascore(self, query: str, texts: list[str]) -> list[float]:
         return await asyncio.to_thread(self.score, query, texts)
 
+    async def ascore_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
+        return await asyncio.to_thread(self.score_pairs, pairs)
+
     def describe(self) -> dict[str, str]:
         return {"device": self.device, "dtype": dtype_name(self.dtype), "path": str(Path(self.weights.path))}
