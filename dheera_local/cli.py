@@ -114,6 +114,7 @@ def _add_pull(commands: Any) -> None:
     parser = _command(commands, "pull", _cmd_pull, "Download weights into the HuggingFace cache for offline use.")
     parser.add_argument("models", nargs="+", metavar="MODEL")
     parser.add_argument("--revision", help="branch, tag or commit (default: main)")
+    parser.add_argument("--if-missing", action="store_true", help="skip models whose weights are already here")
 
 
 def _add_cache(commands: Any) -> None:
@@ -240,12 +241,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
+    from ._discovery import find_local_weights
+    from ._model_ref import parse_model
     from ._pull import pull
 
     status = 0
     for model in args.models:
         try:
-            weights = pull(model, revision=args.revision)
+            weights = find_local_weights(parse_model(model)) if args.if_missing else None
+            weights = weights or pull(model, revision=args.revision)
         except DheeraError as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = EXIT_ERROR
