@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 
 from ._cache import ScoreCache, cache_key, open_cache
+from ._chunking import ChunkSettings, TokenCounter, counter_for, document_windows
 from ._errors import AllBackendsFailedError, BackendError
 from ._model_ref import parse_model
 from ._request import RerankOptions, RerankRequest, build_options, build_request
 from ._response import BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy
-from ._selector import Plan, Selector
+from ._selector import DEFAULT_MAX_LENGTH, Plan, Selector
 from .backends._http import HttpClients, RetryPolicy
 from .backends.base import Backend, ascore_pairs, score_pairs
 from .backends.local import LocalBackend
@@ -135,18 +136,23 @@ class Reranker:
         """Serve a validated request."""
         if not request.texts:
             return _empty_response(request)
-        work = self._prepare(request.model, request.options, [(request.query, t) for t in request.texts])
+        work, windows = self._prepare_request(request)
         self._fill(work)
-        return _response(request, work)
+        return _response(request, work, windows)
 
     async def arun(self, request: RerankRequest) -> RerankResponse:
         """The async twin of :meth:`run`."""
         if not request.texts:
             return _empty_response(request)
-        pairs = [(request.query, t) for t in request.texts]
-        work = await asyncio.to_thread(self._prepare, request.model, request.options, pairs)
+        work, windows = await asyncio.to_thread(self._prepare_request, request)
         await self._afill(work)
-        return _response(request, work)
+        return _response(request, work, windows)
+
+    def _prepare_request(self, request: RerankRequest) -> tuple[_Work, list[list[str]]]:
+        plan = self.selector.plan(request.model, request.options)
+        windows = _windows(request, plan)
+        pairs = [(request.query, window) for document in windows for window in document]
+        return self._lookup(plan, request.options, pairs), windows
 
     def score_pairs(self, model: str, pairs: list[Pair], **options: Any) -> PairScores:
         """Logits for (query, document) pairs with any mix of queries, through the cache.
@@ -159,7 +165,7 @@ class Reranker:
         ref, opts = parse_model(model), build_options(**options)
         if not pairs:
             return PairScores([], ServedBy(backend="none", model=ref.name))
-        work = self._prepare(ref, opts, pairs)
+        work = self._lookup(self.selector.plan(ref, opts), opts, pairs)
         self._fill(work)
         return PairScores([work.logits[pair] for pair in pairs], work.served_by())
 
@@ -168,12 +174,14 @@ class Reranker:
         ref, opts = parse_model(model), build_options(**options)
         if not pairs:
             return PairScores([], ServedBy(backend="none", model=ref.name))
-        work = await asyncio.to_thread(self._prepare, ref, opts, pairs)
+        work = await asyncio.to_thread(self._plan_and_lookup, ref, opts, pairs)
         await self._afill(work)
         return PairScores([work.logits[pair] for pair in pairs], work.served_by())
 
-    def _prepare(self, ref: Any, options: RerankOptions, pairs: list[Pair]) -> _Work:
-        plan = self.selector.plan(ref, options)
+    def _plan_and_lookup(self, ref: Any, options: RerankOptions, pairs: list[Pair]) -> _Work:
+        return self._lookup(self.selector.plan(ref, options), options, pairs)
+
+    def _lookup(self, plan: Plan, options: RerankOptions, pairs: list[Pair]) -> _Work:
         keys = {pair: cache_key(plan.identity, *pair) for pair in dict.fromkeys(pairs)}
         cache = open_cache(options.cache_dir) if options.use_cache else None
         found = cache.get_many(list(keys.values())) if cache is not None else {}
@@ -239,11 +247,22 @@ def _all_failed(work: _Work) -> AllBackendsFailedError:
     return AllBackendsFailedError(f"every backend failed for {model}: {tried}. {hint}", work.failures)
 
 
-def _response(request: RerankRequest, work: _Work) -> RerankResponse:
+def _windows(request: RerankRequest, plan: Plan) -> list[list[str]]:
+    settings = ChunkSettings(
+        max_length=plan.identity.max_length or DEFAULT_MAX_LENGTH,
+        max_chunks_per_doc=request.max_chunks_per_doc,
+        max_tokens_per_doc=request.max_tokens_per_doc,
+    )
+    counter = counter_for(plan.local.weights.path if plan.local is not None else None) if settings.enabled else None
+    return document_windows(request.query, request.texts, settings, counter or TokenCounter.words())
+
+
+def _response(request: RerankRequest, work: _Work, windows: list[list[str]]) -> RerankResponse:
     raw = request.options.raw_scores
     scored = []
-    for index, text in enumerate(request.texts):
-        logit = work.logits[(request.query, text)]
+    for index, document in enumerate(windows):
+        # A chunked document scores as its best window.
+        logit = max(work.logits[(request.query, window)] for window in document)
         scored.append((index, logit if raw else sigmoid(logit)))
     scored.sort(key=lambda pair: (-pair[1], pair[0]))
     if request.top_n is not None:
@@ -256,13 +275,14 @@ def _response(request: RerankRequest, work: _Work) -> RerankResponse:
         )
         for index, score in scored
     ]
-    meta = RerankMeta(billed_units=BilledUnits(search_units=search_units(request)), dheera_local=work.served_by())
+    units = search_units(sum(len(document) for document in windows))
+    meta = RerankMeta(billed_units=BilledUnits(search_units=units), dheera_local=work.served_by())
     return RerankResponse(results=results, id=str(uuid.uuid4()), meta=meta)
 
 
-def search_units(request: RerankRequest) -> int:
-    """Cohere's billing: one unit per query per 100 documents."""
-    return math.ceil(len(request.texts) / DOCUMENTS_PER_SEARCH_UNIT)
+def search_units(windows: int) -> int:
+    """Cohere's billing: one unit per query per 100 documents, a chunked document counting once per window."""
+    return math.ceil(windows / DOCUMENTS_PER_SEARCH_UNIT)
 
 
 def _empty_response(request: RerankRequest) -> RerankResponse:
