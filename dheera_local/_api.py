@@ -53,7 +53,8 @@ def rerank(
         documents: Strings, or objects with a ``text`` field (or the fields named by ``rank_fields``).
         top_n: Return only the best ``top_n`` results (all when None or larger than the list).
         return_documents: Include each document in its result.
-        api_base: A TEI-compatible endpoint (hub models) or Cohere-compatible endpoint (other names).
+        api_base: A remote endpoint: TEI-compatible for ``huggingface/ORG/NAME``, Cohere-compatible for
+            any other name (bare ``ORG/NAME`` included). Local weights still win under ``backend="auto"``.
         api_key: Token for the remote endpoint; for the HF hosted API defaults to ``HF_TOKEN``.
         backend: ``auto`` (local weights first, then remote), ``local`` or ``remote``.
         cache: Use the on-disk score cache.

@@ -1,12 +1,13 @@
 """Parsing of the ``model`` argument into what it names.
 
-The documented rule, applied here and nowhere else:
+The documented rule, applied here and in the selector and nowhere else:
 
-* ``huggingface/ORG/NAME`` or bare ``ORG/NAME`` names a HuggingFace hub model (local weights,
-  a TEI-compatible ``api_base``, or the HF hosted API);
-* an existing folder (or anything spelled like a path: ``/``, ``./``, ``../``, ``~``) is a local model;
-* ``cohere/NAME``, or any other name used with an ``api_base``, is a model served by a
-  Cohere-compatible ``/rerank`` endpoint (another dheera-local server, Cohere, infinity, ...).
+* ``huggingface/ORG/NAME`` or bare ``ORG/NAME`` names a HuggingFace hub model: its local weights
+  when they are on this machine, else the HF hosted API;
+* with ``api_base``, ``huggingface/ORG/NAME`` goes to a TEI-compatible endpoint, and any name
+  without that prefix (bare ``ORG/NAME`` included) to a Cohere-compatible one (another
+  dheera-local server, Cohere, infinity, Voyage); ``cohere/NAME`` always means the latter;
+* an existing folder (or anything spelled like a path: ``/``, ``./``, ``../``, ``~``) is a local model.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Backend choice, in one place, by the documented rule.
 
 ``backend="auto"``: the local backend when the weights are on this machine, then the remote one
-(``api_base`` when given: TEI-compatible for hub models, Cohere-compatible for other names; else
-the HuggingFace hosted API). ``backend="local"`` / ``"remote"`` force one. The plan lists the
-candidates in the order they are tried; the orchestrator falls back along it.
+(``api_base`` when given: TEI-compatible for ``huggingface/ORG/NAME``, Cohere-compatible for any
+name without that prefix, bare ``ORG/NAME`` included; else the HuggingFace hosted API).
+``backend="local"`` / ``"remote"`` force one. The plan lists the candidates in the order they are
+tried; the orchestrator falls back along it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ._cache import ModelIdentity
 from ._catalog import lookup
 from ._discovery import configured_max_length, find_local_weights, hub_cache_dir, hub_offline
 from ._errors import ModelNotAvailableError, UnsupportedModelError
-from ._model_ref import ModelKind, ModelRef
+from ._model_ref import HF_PREFIX, ModelKind, ModelRef
 from ._request import RerankOptions
 from .backends.base import Backend
 from .backends.local import LocalBackend
@@ -66,7 +67,10 @@ class Selector:
     def _hub_remote(self, ref: ModelRef, options: RerankOptions) -> Backend | None:
         assert ref.hub_id is not None
         if options.api_base:
-            return self.remote.tei(options.api_base, options.api_key, options.timeout)
+            if ref.text.startswith(HF_PREFIX):
+                return self.remote.tei(options.api_base, options.api_key, options.timeout)
+            # Without the provider prefix the endpoint is Cohere-compatible (e.g. another dheera-local).
+            return self.remote.cohere(options.api_base, ref.name, options.api_key, options.timeout)
         if hub_offline():
             return None
         return self.remote.hf_hosted(ref.hub_id, options.api_key, options.timeout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import ipaddress
 import json
 import logging
@@ -19,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +32,10 @@ logger = logging.getLogger("dheera_local")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_AFTER_CAP = 60.0
-_TRANSPORT_ERRORS = (httpx.TransportError,)
+# Worth another attempt: the request may never have reached the server, or it did not answer in time.
+_RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# Everything httpx raises for a request (an unparsable api_base raises InvalidURL, outside HTTPError).
+_HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,11 @@ class RetryPolicy:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
 
-    def timeout(self, read_timeout: float | None) -> httpx.Timeout:
+    def timeout(self, read_timeout: float | None, remaining: float | None = None) -> httpx.Timeout:
+        """The httpx timeout of one attempt: ``read_timeout`` (else the policy's), cut to ``remaining``."""
         read = read_timeout or self.read_timeout
+        if remaining is not None:
+            read = max(min(read, remaining), 0.001)
         return httpx.Timeout(read, connect=min(self.connect_timeout, read))
 
     def backoff(self, attempt: int) -> float:
@@ -63,7 +70,7 @@ class Call:
     label: str
     backend: str
     json_body: Any = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     timeout: float | None = None
 
 
@@ -124,15 +131,18 @@ def send(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
     attempt = 0
     while True:
         attempt += 1
+        timeout = policy.timeout(call.timeout, policy.deadline - (time.monotonic() - started))
         try:
             response = clients.sync().request(
-                call.method, call.url, json=call.json_body, headers=_headers(call), timeout=policy.timeout(call.timeout)
+                call.method, call.url, json=call.json_body, headers=_headers(call), timeout=timeout
             )
             return decode(call, response)
-        except (RemoteBackendError, *_TRANSPORT_ERRORS) as exc:
+        except (RemoteBackendError, *_HTTPX_ERRORS) as exc:
             error = _as_backend_error(call, exc)
-            delay = _retry_delay(error, exc, attempt, started, policy)
+            delay = _retry_delay(error, attempt, started, policy)
             if delay is None:
+                if error is exc:
+                    raise
                 raise error from exc
             time.sleep(delay)
 
@@ -144,15 +154,18 @@ async def asend(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
     attempt = 0
     while True:
         attempt += 1
+        timeout = policy.timeout(call.timeout, policy.deadline - (time.monotonic() - started))
         try:
             response = await clients.async_().request(
-                call.method, call.url, json=call.json_body, headers=_headers(call), timeout=policy.timeout(call.timeout)
+                call.method, call.url, json=call.json_body, headers=_headers(call), timeout=timeout
             )
             return decode(call, response)
-        except (RemoteBackendError, *_TRANSPORT_ERRORS) as exc:
+        except (RemoteBackendError, *_HTTPX_ERRORS) as exc:
             error = _as_backend_error(call, exc)
-            delay = _retry_delay(error, exc, attempt, started, policy)
+            delay = _retry_delay(error, attempt, started, policy)
             if delay is None:
+                if error is exc:
+                    raise
                 raise error from exc
             await asyncio.sleep(delay)
 
@@ -166,6 +179,15 @@ def _headers(call: Call) -> dict[str, str]:
 
 def decode(call: Call, response: httpx.Response) -> Any:
     """The JSON body of a 2xx answer, or a RemoteBackendError that says what went wrong."""
+    if response.is_redirect:
+        raise RemoteBackendError(
+            f"{call.label} {call.url} answered {response.status_code}, a redirect to "
+            f"{response.headers.get('location', '(no location)')}; redirects are not followed so that the "
+            "token stays with the configured host. Fix: set api_base to the final URL",
+            backend=call.backend,
+            url=call.url,
+            status=response.status_code,
+        )
     if response.status_code >= 400:
         error = RemoteBackendError(
             f"{call.label} {call.url} answered {response.status_code}: {server_message(response, call.token)}"
@@ -180,7 +202,7 @@ def decode(call: Call, response: httpx.Response) -> Any:
     try:
         return response.json()
     except (ValueError, UnicodeDecodeError) as exc:
-        snippet = _mask(response.text[:120], call.token)
+        snippet = _mask(response.text, call.token)[:120]
         raise RemoteBackendError(
             f"{call.label} {call.url} answered {response.status_code} with a body that is not JSON: {snippet!r}",
             backend=call.backend,
@@ -212,8 +234,8 @@ def server_message(response: httpx.Response, token: str | None) -> str:
             if value:
                 text = value if isinstance(value, str) else json.dumps(value)
                 break
-    text = " ".join(str(text).split())[:300] or "(empty body)"
-    return _mask(text, token)
+    # Mask before cutting: a token straddling the cut would otherwise leak its first characters.
+    return _mask(" ".join(str(text).split()), token)[:300] or "(empty body)"
 
 
 def _mask(text: str, token: str | None) -> str:
@@ -223,16 +245,22 @@ def _mask(text: str, token: str | None) -> str:
 def _as_backend_error(call: Call, exc: Exception) -> RemoteBackendError:
     if isinstance(exc, RemoteBackendError):
         return exc
-    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
+    if isinstance(exc, httpx.TimeoutException):
+        kind = "timed out"
+    elif isinstance(exc, _RETRY_ERRORS):
+        kind = "could not be reached"
+    else:
+        kind = "could not be called"
     detail = _mask(str(exc) or type(exc).__name__, call.token)
     return RemoteBackendError(
-        f"{call.label} {call.url} {kind}: {detail}", backend=call.backend, url=call.url, retryable=True
+        f"{call.label} {call.url} {kind}: {detail}",
+        backend=call.backend,
+        url=call.url,
+        retryable=isinstance(exc, _RETRY_ERRORS),
     )
 
 
-def _retry_delay(
-    error: RemoteBackendError, exc: Exception, attempt: int, started: float, policy: RetryPolicy
-) -> float | None:
+def _retry_delay(error: RemoteBackendError, attempt: int, started: float, policy: RetryPolicy) -> float | None:
     """Seconds to wait before the next attempt, or None to give up now."""
     if not error.retryable or attempt >= policy.max_attempts:
         return None
@@ -290,15 +318,30 @@ def run_concurrently(tasks: list[Callable[[], Any]], limit: int) -> list[Any]:
 
     with ThreadPoolExecutor(max_workers=min(limit, len(tasks))) as pool:
         futures = [pool.submit(task) for task in tasks]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            # One part failed for good: parts not yet started would only fail (and retry) too.
+            for future in futures:
+                future.cancel()
+            raise
 
 
 async def gather_bounded(coroutines: list[Any], limit: int) -> list[Any]:
-    """Await coroutines with at most ``limit`` in flight; results in order."""
+    """Await coroutines with at most ``limit`` in flight; results in order, the rest cancelled on an error."""
     semaphore = asyncio.Semaphore(limit)
 
     async def bounded(coroutine: Any) -> Any:
         async with semaphore:
             return await coroutine
 
-    return list(await asyncio.gather(*(bounded(c) for c in coroutines)))
+    tasks = [asyncio.ensure_future(bounded(c)) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        for coroutine in coroutines:
+            if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                coroutine.close()  # never started: not an error, so no "never awaited" warning
+        raise

@@ -125,15 +125,24 @@ class RemoteBackend:
 
 
 def group_by_limits(
-    query: str, texts: Sequence[str], max_texts: int, max_bytes: int = MAX_BODY_BYTES
+    query: str,
+    texts: Sequence[str],
+    max_texts: int,
+    max_bytes: int = MAX_BODY_BYTES,
+    query_per_text: bool = False,
 ) -> list[list[int]]:
-    """Consecutive index groups of at most ``max_texts`` texts and about ``max_bytes`` of JSON."""
-    overhead = len(json.dumps(query)) + 200
+    """Consecutive index groups of at most ``max_texts`` texts and about ``max_bytes`` of JSON.
+
+    ``query_per_text``: the payload repeats the query beside every text (HF hosted's pairs).
+    """
+    query_bytes = len(json.dumps(query))
+    overhead = query_bytes + 200
+    per_text = query_bytes + 32 if query_per_text else 2
     groups: list[list[int]] = []
     current: list[int] = []
     size = overhead
     for index, text in enumerate(texts):
-        cost = len(json.dumps(text)) + 2
+        cost = len(json.dumps(text)) + per_text
         if current and (len(current) >= max_texts or size + cost > max_bytes):
             groups.append(current)
             current, size = [], overhead

@@ -1,14 +1,15 @@
 """The HuggingFace hosted inference API (hf-inference), text-classification over pairs.
 
 ``POST {base}/models/ORG/NAME`` with ``{"inputs": [{"text": query, "text_pair": doc}, ...],
-"parameters": {"function_to_apply": "none"}}`` answers raw logits as ``[{label, score}]`` or
-``[[{label, score}], ...]`` (one list per input), in input order. ``base`` defaults to
+"parameters": {"function_to_apply": "none", "top_k": 3}}`` answers raw logits as ``[{label, score}]``
+or ``[[{label, score}], ...]`` (one list per input), in input order. ``base`` defaults to
 ``https://router.huggingface.co/hf-inference``; ``DHEERA_HF_INFERENCE_URL`` overrides it.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -18,6 +19,9 @@ from ._remote import RemoteBackend, as_float, group_by_limits
 
 DEFAULT_HF_INFERENCE_URL = "https://router.huggingface.co/hf-inference"
 PAIRS_PER_REQUEST = 32
+# Labels asked for per pair. Without top_k the pipeline answers only the best label, which for a
+# two-label head is not enough to compute the log-odds; 3 also exposes a head that is no reranker.
+LABELS_PER_PAIR = 3
 
 
 def hf_inference_base() -> str:
@@ -28,15 +32,42 @@ def hf_token(api_key: SecretStr | None) -> SecretStr | None:
     """``api_key``, else ``HF_TOKEN``, else the token huggingface_hub saved (``hf auth login``)."""
     if api_key is not None:
         return api_key
-    if os.environ.get("HF_TOKEN"):
-        return SecretStr(os.environ["HF_TOKEN"])
+    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if os.environ.get(variable, "").strip():
+            return SecretStr(os.environ[variable].strip())
+    saved = saved_hf_token()
+    if saved is None and not os.environ.get("HF_TOKEN_PATH"):
+        saved = _hub_login_token()
+    return SecretStr(saved) if saved else None
+
+
+def _hub_login_token() -> str | None:
+    """What else huggingface_hub finds (OIDC trusted publishing, Colab secrets)."""
     try:
         from huggingface_hub import get_token
 
-        saved = get_token()
-    except Exception:  # a broken token file must not break scoring
-        saved = None
-    return SecretStr(saved) if saved else None
+        return get_token()
+    except Exception:  # a failed token exchange must not break scoring: no token, and the API says 401
+        return None
+
+
+def saved_hf_token() -> str | None:
+    """The token ``hf auth login`` saved, from the file the environment names now.
+
+    huggingface_hub resolves ``HF_TOKEN_PATH`` / ``HF_HOME`` once, at import; reading them per call
+    (with the same precedence) lets a process point them elsewhere later, as the hub cache lookup does.
+    """
+    path = os.environ.get("HF_TOKEN_PATH")
+    if not path:
+        home = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+        )
+        path = os.path.join(home, "token")
+    try:
+        token = Path(os.path.expandvars(path)).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):  # no file, or an unreadable one: no saved token
+        return None
+    return token or None
 
 
 class HFHostedBackend(RemoteBackend):
@@ -63,12 +94,12 @@ class HFHostedBackend(RemoteBackend):
         return {"endpoint": self.url}
 
     def split(self, query: str, texts: list[str]) -> list[list[int]]:
-        return group_by_limits(query, texts, PAIRS_PER_REQUEST)
+        return group_by_limits(query, texts, PAIRS_PER_REQUEST, query_per_text=True)
 
     def call_for(self, query: str, texts: list[str]) -> Call:
         body = {
             "inputs": [{"text": query, "text_pair": text} for text in texts],
-            "parameters": {"function_to_apply": "none"},
+            "parameters": {"function_to_apply": "none", "top_k": LABELS_PER_PAIR},
         }
         return Call("POST", self.url, self.label, self.name, body, self.token, self.timeout)
 

@@ -8,6 +8,7 @@ and at most 2 MB of JSON. TEI has no ``top_n``: the orchestrator applies it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
@@ -18,7 +19,7 @@ from ._http import Call, HttpClients, RetryPolicy, asend, send
 from ._remote import RemoteBackend, as_float, group_by_limits
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 32
-_INFO_POLICY = RetryPolicy(max_attempts=1, read_timeout=10.0)
+INFO_TIMEOUT = 10.0
 
 
 def tei_base(api_base: str) -> str:
@@ -69,21 +70,30 @@ class TEIBackend(RemoteBackend):
         return {"endpoint": self.base + "/rerank"}
 
     def _info_call(self) -> Call:
-        return Call("GET", self.base + "/info", self.label, self.name, token=self.token, timeout=10.0)
+        timeout = min(INFO_TIMEOUT, self.timeout or self.policy.read_timeout)
+        return Call("GET", self.base + "/info", self.label, self.name, token=self.token, timeout=timeout)
+
+    def _info_policy(self) -> RetryPolicy:
+        # One try: /info is optional, and the /rerank call that follows has the retries.
+        return dataclasses.replace(self.policy, max_attempts=1)
 
     def prepare(self) -> None:
         if self.limits.get(self.base) is None:
             try:
-                info = send(self.clients, self._info_call(), _INFO_POLICY)
-            except RemoteBackendError:
+                info = send(self.clients, self._info_call(), self._info_policy())
+            except RemoteBackendError as exc:
+                if exc.status is None:
+                    return  # unreachable for now: read /info on the next call, not never
                 info = None  # not every TEI-compatible server has /info; the default applies
             self.limits.remember(self.base, info)
 
     async def aprepare(self) -> None:
         if self.limits.get(self.base) is None:
             try:
-                info = await asend(self.clients, self._info_call(), _INFO_POLICY)
-            except RemoteBackendError:
+                info = await asend(self.clients, self._info_call(), self._info_policy())
+            except RemoteBackendError as exc:
+                if exc.status is None:
+                    return
                 info = None
             self.limits.remember(self.base, info)
 
