@@ -140,3 +140,25 @@ def test_chunking_arguments_are_validated() -> None:
         dheera_local.rerank(TINY_BERT_ID, "q", ["a"], max_chunks_per_doc=0)
     with pytest.raises(InvalidRequestError, match="max_tokens_per_doc"):
         dheera_local.rerank(TINY_BERT_ID, "q", ["a"], max_tokens_per_doc=-5)
+
+
+def test_the_same_chunked_scores_over_a_loopback_tei_endpoint(keyword_model: Path, hub_cache: Path) -> None:
+    from dheera_local.testing import install_in_hub_cache
+    from loopback import Servers
+
+    install_in_hub_cache(keyword_model, "tiny-org/keyword-paris", hub_cache, revision="9" * 40)
+    docs = [" ".join(filler(40, seed=s)) for s in range(2, 5)] + [long_document_with_answer_at_the_end()]
+    args = {"max_length": 128, "max_chunks_per_doc": 20, "cache": False}
+    local = dheera_local.rerank("huggingface/tiny-org/keyword-paris", "which city", docs, backend="local", **args)
+    with Servers() as servers:
+        tei = servers.tei(keyword_model)
+        remote = dheera_local.rerank(
+            "huggingface/tiny-org/keyword-paris", "which city", docs, backend="remote", api_base=tei.url, **args
+        )
+        sent = [text for request in tei.scoring() for text in request.body["texts"]]
+    assert remote.backend == "tei" and local.backend == "local"
+    assert len(sent) > len(docs)  # the windows, not the whole documents, went over the wire
+    assert remote.results[0].index == local.results[0].index == 3
+    local_scores = {r.index: r.relevance_score for r in local.results}
+    for result in remote.results:  # the other three are near-ties; compare scores, not tie order
+        assert result.relevance_score == pytest.approx(local_scores[result.index], abs=1e-4)
