@@ -43,6 +43,7 @@ def rerank(
     rank_fields: list[str] | None = None,
     max_chunks_per_doc: int | None = None,
     max_tokens_per_doc: int | None = None,
+    batch_tokens: int | None = None,
 ) -> RerankResponse:
     """Rerank ``documents`` by relevance to ``query``.
 
@@ -67,6 +68,7 @@ def rerank(
         rank_fields: Fields of object documents to score, joined as ``field: value`` lines.
         max_chunks_per_doc: Score long documents as up to this many windows (max over windows).
         max_tokens_per_doc: Cohere v2 form: score up to this many tokens of each document.
+        batch_tokens: Padded tokens per forward pass of the local backend (default: per device).
 
     Returns:
         A Cohere-style :class:`RerankResponse`, results sorted best first.
@@ -80,7 +82,7 @@ def rerank(
         model, query, documents, top_n, return_documents,
         rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
         api_base=api_base, api_key=api_key, backend=backend, cache=cache, cache_dir=cache_dir, device=device,
-        dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
+        dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout, batch_tokens=batch_tokens,
     )  # fmt: skip
     return default_reranker().run(request)
 
@@ -105,12 +107,13 @@ async def arerank(
     rank_fields: list[str] | None = None,
     max_chunks_per_doc: int | None = None,
     max_tokens_per_doc: int | None = None,
+    batch_tokens: int | None = None,
 ) -> RerankResponse:
     """The async twin of :func:`rerank` (same parameters); never blocks the event loop."""
     request = build_request(
         model, query, documents, top_n, return_documents,
         rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
         api_base=api_base, api_key=api_key, backend=backend, cache=cache, cache_dir=cache_dir, device=device,
-        dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
+        dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout, batch_tokens=batch_tokens,
     )  # fmt: skip
     return await default_reranker().arun(request)

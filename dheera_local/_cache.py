@@ -12,7 +12,6 @@ call goes on uncached.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -66,10 +65,32 @@ class ModelIdentity:
 
 
 def cache_key(identity: ModelIdentity, query: str, document: str) -> str:
-    """A fixed-size string key; JSON encoding keeps field boundaries unambiguous."""
-    fields = [_KEY_VERSION, identity.model_id.lower(), identity.revision, identity.max_length, query, document]
-    payload = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return hashlib.sha256(payload).hexdigest()
+    """A fixed-size string key for one pair (see :class:`KeyMaker` for many)."""
+    return KeyMaker(identity)(query, document)
+
+
+class KeyMaker:
+    """Keys for one model identity: the identity is hashed once, each pair costs one hash update.
+
+    Every field is length-prefixed, so field boundaries are unambiguous.
+    """
+
+    def __init__(self, identity: ModelIdentity) -> None:
+        self._prefix = hashlib.sha256()
+        fields = (str(_KEY_VERSION), identity.model_id.lower(), identity.revision, str(identity.max_length))
+        for value in fields:
+            self._prefix.update(_field(value))
+
+    def __call__(self, query: str, document: str) -> str:
+        digest = self._prefix.copy()
+        digest.update(_field(query))
+        digest.update(_field(document))
+        return digest.hexdigest()
+
+
+def _field(value: str) -> bytes:
+    data = value.encode("utf-8", "surrogatepass")
+    return len(data).to_bytes(8, "big") + data
 
 
 def default_cache_dir() -> Path:

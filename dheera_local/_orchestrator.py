@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ._cache import ScoreCache, cache_key, open_cache
+from ._cache import KeyMaker, ScoreCache, open_cache
 from ._chunking import ChunkSettings, TokenCounter, counter_for, document_windows
 from ._errors import AllBackendsFailedError, BackendError
 from ._model_ref import parse_model
@@ -182,7 +182,8 @@ class Reranker:
         return self._lookup(self.selector.plan(ref, options), options, pairs)
 
     def _lookup(self, plan: Plan, options: RerankOptions, pairs: list[Pair]) -> _Work:
-        keys = {pair: cache_key(plan.identity, *pair) for pair in dict.fromkeys(pairs)}
+        key = KeyMaker(plan.identity)
+        keys = {pair: key(*pair) for pair in dict.fromkeys(pairs)}
         cache = open_cache(options.cache_dir) if options.use_cache else None
         found = cache.get_many(list(keys.values())) if cache is not None else {}
         logits = {pair: found[key] for pair, key in keys.items() if key in found}

@@ -35,6 +35,7 @@ class RerankOptions:
     max_length: int | None = None
     raw_scores: bool = False
     timeout: float | None = None
+    batch_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def build_options(
     max_length: object = None,
     raw_scores: object = False,
     timeout: object = None,
+    batch_tokens: object = None,
 ) -> RerankOptions:
     """Validate the keyword options shared by every entry point."""
     if backend not in BACKENDS:
@@ -107,6 +109,7 @@ def build_options(
         max_length=_optional_int(max_length, "max_length", minimum=MIN_MAX_LENGTH),
         raw_scores=_flag(raw_scores, "raw_scores"),
         timeout=_timeout(timeout),
+        batch_tokens=_optional_int(batch_tokens, "batch_tokens", minimum=1),
     )
 
 

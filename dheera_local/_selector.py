@@ -49,7 +49,13 @@ class Selector:
         max_length = options.max_length or _default_max_length(ref, weights)
         local = None
         if weights is not None:
-            local = LocalBackend(weights, max_length=max_length, device=options.device, dtype=options.dtype)
+            local = LocalBackend(
+                weights,
+                max_length=max_length,
+                device=options.device,
+                dtype=options.dtype,
+                batch_tokens=options.batch_tokens,
+            )
             identity = ModelIdentity(weights.model_id, weights.revision, max_length)
         else:
             identity = ModelIdentity(ref.hub_id or ref.text, "remote", max_length)

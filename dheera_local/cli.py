@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pull(commands)
     _add_cache(commands)
     _add_serve(commands)
-    # score: added with the batch module
+    _add_score(commands)
     return parser
 
 
