@@ -24,7 +24,7 @@ EXIT_USAGE = 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("--config"):
+    if _is_seed_serve_form(argv):
         argv = ["serve", *argv]  # the seed docs' `dheera_ai --config config.yaml`
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,6 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _is_seed_serve_form(argv: list[str]) -> bool:
+    """The seed docs' `dheera_ai --config config.yaml [--port P]`: options only, one of them --config."""
+    has_config = any(a == "--config" or a.startswith("--config=") for a in argv)
+    values_only = all(a.startswith("-") or (i > 0 and argv[i - 1].startswith("--")) for i, a in enumerate(argv))
+    return has_config and values_only
 
 
 def _configure_logging(verbose: int) -> None:
@@ -277,6 +284,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server.run import serve
     except ImportError as exc:
+        if exc.name not in ("fastapi", "uvicorn", "yaml", "starlette"):
+            raise  # a broken install, not a missing extra
         print(
             f"error: the server needs its extra: pip install 'dheera_local[server]' ({exc.name} is missing)",
             file=sys.stderr,

@@ -1,0 +1,57 @@
+"""The FastAPI application: routes, error handlers, middleware, and a lifespan that owns the resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .. import __version__
+from .config import ServerConfig
+from .errors import install_error_handlers
+from .middleware import BodyLimit, RequestContext
+from .registry import ModelRegistry
+from .routes import api, public
+from .state import ServerState
+
+DESCRIPTION = (
+    "Cohere- and TEI-compatible rerank proxy over local cross-encoders with remote fallback. "
+    'Send `Authorization: Bearer <master key>`; errors are `{"error": {message, type, param, code}}`.'
+)
+
+
+class Lifespan:
+    """Starts :class:`ServerState` before the first request and stops it after the last one."""
+
+    def __init__(self, config: ServerConfig, registry: ModelRegistry) -> None:
+        self.config = config
+        self.registry = registry
+
+    @asynccontextmanager
+    async def __call__(self, app: FastAPI) -> AsyncIterator[None]:
+        state = await ServerState.start(self.config, self.registry)
+        app.state.dheera = state
+        try:
+            yield
+        finally:
+            await state.stop()
+            app.state.dheera = None
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The app for ``config``; raises ConfigError (with the key path) when a model cannot be served.
+
+    Models are planned here, without loading weights or calling the network; the lifespan loads
+    local weights, and closes the batchers and HTTP clients on shutdown.
+    """
+    registry = ModelRegistry.from_config(config)
+    app = FastAPI(
+        title="dheera-local", version=__version__, description=DESCRIPTION, lifespan=Lifespan(config, registry)
+    )
+    install_error_handlers(app)
+    app.include_router(public)
+    app.include_router(api)
+    app.add_middleware(BodyLimit, max_bytes=config.general_settings.max_request_body_bytes)
+    app.add_middleware(RequestContext)  # added last: outermost, so it logs and ids every answer
+    return app

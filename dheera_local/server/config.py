@@ -1,0 +1,290 @@
+"""The server's ``config.yaml``: read with ``safe_load``, validated into :class:`ServerConfig` at startup.
+
+::
+
+    model_list:
+      - model_name: bge-reranker-base             # what clients send as "model"
+        dheera_ai_params:                         # or litellm_params: LiteLLM configs load unchanged
+          model: huggingface/BAAI/bge-reranker-base
+          api_key: os.environ/HF_TOKEN            # os.environ/VAR works for any value
+          backend: auto                           # our extras: backend, device, dtype, max_length,
+                                                  #   timeout, cache
+    general_settings:
+      master_key: os.environ/PROXY_KEY            # else $DHEERA_AI_API_KEY; none: loopback only
+      cache_dir: /var/cache/dheera                # and the limits below
+
+Every problem is a :class:`ConfigError` whose message starts with the file and the key path as
+written, e.g. ``config.yaml: model_list[1].litellm_params.model: Field required``; an unset
+``os.environ/VAR`` names the variable. LiteLLM-only settings (``rpm``, ``router_settings``, ...)
+are accepted and ignored with one warning, so a LiteLLM config loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .._errors import ConfigError
+
+logger = logging.getLogger("dheera_local.server")
+
+ENV_PREFIX = "os.environ/"
+MASTER_KEY_ENV = "DHEERA_AI_API_KEY"
+PARAMS_KEY = "dheera_ai_params"
+PARAMS_ALIAS = "litellm_params"
+
+# LiteLLM settings with no meaning here: accepted so that a LiteLLM config loads, then ignored.
+IGNORED_SECTIONS = frozenset({"litellm_settings", "router_settings", "environment_variables", "callback_settings"})
+IGNORED_PARAMS = frozenset({
+    "rpm", "tpm", "max_retries", "num_retries", "stream_timeout", "order", "weight", "max_parallel_requests",
+    "custom_llm_provider", "drop_params", "input_cost_per_query", "input_cost_per_token", "output_cost_per_token",
+})  # fmt: skip
+IGNORED_GENERAL = frozenset({
+    "database_url", "alerting", "background_health_checks", "health_check_interval", "health_check_details",
+    "store_model_in_db", "disable_spend_logs", "proxy_batch_write_at", "database_connection_pool_limit",
+})  # fmt: skip
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(_Section):
+    """How one configured name is served: the arguments of ``dheera_local.rerank``."""
+
+    model: str = Field(min_length=1, description="huggingface/ORG/NAME, ORG/NAME, a model folder, or a remote name")
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    backend: Literal["auto", "local", "remote"] = "auto"
+    device: str | None = None
+    dtype: str | None = None
+    max_length: int | None = Field(default=None, ge=8)
+    timeout: float | None = Field(default=None, gt=0)
+    cache: bool | None = Field(default=None, description="override general_settings.cache for this model")
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value or None
+
+
+class ModelEntry(_Section):
+    model_name: str = Field(min_length=1)
+    dheera_ai_params: ModelParams
+    model_info: dict[str, Any] | None = None  # LiteLLM's; kept for compatibility, unused
+
+
+class GeneralSettings(_Section):
+    """Server-wide settings: auth, cache, limits, micro-batching."""
+
+    master_key: SecretStr | None = None
+    cache: bool = True
+    cache_dir: Path | None = None
+    max_documents_per_request: int = Field(default=1000, ge=1)
+    max_request_body_bytes: int = Field(default=10_000_000, ge=1024)
+    max_queue_pairs: int = Field(default=8192, ge=1, description="per local model; beyond it: 429")
+    max_batch_pairs: int = Field(default=1024, ge=1, description="pairs merged into one local scoring call")
+    num_retries: int = Field(default=3, ge=0, description="retries of a failed remote call")
+    health_check_timeout: float = Field(default=30.0, gt=0)
+    graceful_shutdown_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("master_key")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (omit it to run without auth on loopback)")
+        return value
+
+
+class ServerConfig(_Section):
+    """A validated config.yaml. Build it with :func:`load_config` or :func:`parse_config`."""
+
+    model_list: list[ModelEntry] = Field(min_length=1)
+    general_settings: GeneralSettings = Field(default_factory=GeneralSettings)
+    source: str = Field(default="config", exclude=True, description="where it was read, for messages")
+    params_keys: tuple[str, ...] = Field(default=(), exclude=True, description="the params key each entry used")
+
+    @property
+    def master_key(self) -> SecretStr | None:
+        return self.general_settings.master_key
+
+    def key_path(self, index: int, *names: str) -> str:
+        """``model_list[i].<params key as written>.<names>``, for messages about one entry."""
+        params = self.params_keys[index] if index < len(self.params_keys) else PARAMS_KEY
+        return ".".join([f"model_list[{index}]", params, *names])
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Read and validate a config file; raises ConfigError naming the file and the key path."""
+    source = str(path)
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config file ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from exc
+    return parse_config(data, source=source, environ=environ)
+
+
+def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Validate already-parsed YAML; ``os.environ/VAR`` values are read from ``environ`` (default os.environ)."""
+    env = os.environ if environ is None else environ
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with a model_list, got {type(data).__name__}")
+    data = _resolve_env(data, "", env, source)
+    data, params_keys = _normalize(data, source)
+    try:
+        config = ServerConfig.model_validate({**data, "source": source, "params_keys": params_keys})
+    except ValidationError as exc:
+        raise _config_error(exc, source, params_keys) from None
+    _check_unique_names(config)
+    _check_limits(config)
+    if config.master_key is None and env.get(MASTER_KEY_ENV, "").strip():
+        settings = config.general_settings.model_copy(update={"master_key": SecretStr(env[MASTER_KEY_ENV])})
+        config = config.model_copy(update={"general_settings": settings})
+    return config
+
+
+def _resolve_env(value: Any, path: str, env: Mapping[str, str], source: str) -> Any:
+    if isinstance(value, dict):
+        return {key: _resolve_env(item, _join(path, str(key)), env, source) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(item, f"{path}[{index}]", env, source) for index, item in enumerate(value)]
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX) :].strip()
+        if not name:
+            raise ConfigError(f"{source}: {path}: {value!r} names no variable; write os.environ/NAME", path=path)
+        if name not in env:
+            raise ConfigError(
+                f"{source}: {path}: environment variable {name} is not set (the config says {value}); "
+                f"export {name} or change the value",
+                path=path,
+            )
+        return env[name]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _normalize(data: dict[str, Any], source: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Accept ``litellm_params`` for ``dheera_ai_params``; drop LiteLLM-only settings with one warning."""
+    ignored = sorted(key for key in data if key in IGNORED_SECTIONS)
+    data = {key: value for key, value in data.items() if key not in IGNORED_SECTIONS}
+    general = data.get("general_settings")
+    if isinstance(general, dict):
+        ignored += [f"general_settings.{key}" for key in general if key in IGNORED_GENERAL]
+        data["general_settings"] = {k: v for k, v in general.items() if k not in IGNORED_GENERAL}
+    entries = data.get("model_list")
+    params_keys: list[str] = []
+    if isinstance(entries, list):
+        normalized = []
+        for index, entry in enumerate(entries):
+            entry, key, dropped = _normalize_entry(entry, index, source)
+            normalized.append(entry)
+            params_keys.append(key)
+            ignored += dropped
+        data["model_list"] = normalized
+    if ignored:
+        logger.warning("%s: ignoring LiteLLM-only settings: %s", source, ", ".join(ignored))
+    return data, tuple(params_keys)
+
+
+def _normalize_entry(entry: Any, index: int, source: str) -> tuple[Any, str, list[str]]:
+    if not isinstance(entry, dict) or PARAMS_ALIAS not in entry:
+        return entry, PARAMS_KEY, _ignored_params(entry, index, PARAMS_KEY)
+    if PARAMS_KEY in entry:
+        path = f"model_list[{index}]"
+        raise ConfigError(f"{source}: {path}: give {PARAMS_KEY} or {PARAMS_ALIAS}, not both", path=path)
+    entry = {(PARAMS_KEY if key == PARAMS_ALIAS else key): value for key, value in entry.items()}
+    return entry, PARAMS_ALIAS, _ignored_params(entry, index, PARAMS_ALIAS)
+
+
+def _ignored_params(entry: Any, index: int, written: str) -> list[str]:
+    params = entry.get(PARAMS_KEY) if isinstance(entry, dict) else None
+    if not isinstance(params, dict):
+        return []
+    dropped = [key for key in params if key in IGNORED_PARAMS]
+    for key in dropped:
+        del params[key]
+    return [f"model_list[{index}].{written}.{key}" for key in dropped]
+
+
+_SECTIONS: dict[tuple[str, int], type[BaseModel]] = {
+    ("", 1): ServerConfig,
+    ("general_settings", 2): GeneralSettings,
+    ("model_list", 3): ModelEntry,
+    ("model_list", 4): ModelParams,
+}
+
+
+def _config_error(exc: ValidationError, source: str, params_keys: tuple[str, ...]) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    # A misspelt key also makes the real one "missing"; the unknown key is the better clue.
+    first = next((error for error in errors if error["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(first["loc"])
+    path = _key_path(loc, params_keys) or "(top level)"
+    problem = first["msg"]
+    if first["type"] == "extra_forbidden":
+        section = _SECTIONS.get((str(loc[0]) if len(loc) > 1 else "", len(loc)))
+        allowed = [name for name in section.model_fields if name not in ("source", "params_keys")] if section else []
+        problem = f"unknown key; expected one of: {', '.join(allowed)}" if allowed else "unknown key"
+    elif first["type"] == "missing":
+        problem = "required key is missing"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return ConfigError(f"{source}: {path}: {problem}{more}", path=path)
+
+
+def _key_path(loc: tuple[Any, ...], params_keys: tuple[str, ...]) -> str:
+    path = ""
+    for position, item in enumerate(loc):
+        if isinstance(item, int):
+            path += f"[{item}]"
+            continue
+        name = str(item)
+        if name == PARAMS_KEY and position == 2 and isinstance(loc[1], int) and loc[1] < len(params_keys):
+            name = params_keys[loc[1]]
+        path = _join(path, name)
+    return path
+
+
+def _check_unique_names(config: ServerConfig) -> None:
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(config.model_list):
+        if entry.model_name in seen:
+            path = f"model_list[{index}].model_name"
+            raise ConfigError(
+                f"{config.source}: {path}: {entry.model_name!r} is already the name of model_list"
+                f"[{seen[entry.model_name]}]; each model_name must be unique",
+                path=path,
+            )
+        seen[entry.model_name] = index
+
+
+def _check_limits(config: ServerConfig) -> None:
+    settings = config.general_settings
+    if settings.max_documents_per_request > settings.max_queue_pairs:
+        path = "general_settings.max_documents_per_request"
+        raise ConfigError(
+            f"{config.source}: {path}: {settings.max_documents_per_request} is larger than "
+            f"max_queue_pairs={settings.max_queue_pairs}, so a full-size request could never be queued; "
+            "lower it or raise max_queue_pairs",
+            path=path,
+        )
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)

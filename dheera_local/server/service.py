@@ -1,0 +1,107 @@
+"""What the rerank routes do, between a parsed body and the orchestrator.
+
+Resolve the model name, enforce the document limit, validate with ``build_request`` (the same
+rules as ``dheera_local.rerank``), run it through the :class:`~dheera_local.Reranker`, and shape
+the answer as Cohere (``{"results", "id", "meta"}``) or TEI (a bare ``[{index, score[, text]}]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__
+from .._orchestrator import Reranker
+from .._request import build_request
+from .._response import ApiVersion, ServedBy
+from .config import GeneralSettings
+from .errors import RequestTooLargeError
+from .registry import ModelRegistry, ServedModel
+from .schemas import CohereRerankRequest, CohereV2RerankRequest, TEIRerankRequest
+
+
+@dataclass
+class Answer:
+    """A route's JSON payload, and who served it (for the response headers and the access log)."""
+
+    payload: Any
+    served_by: ServedBy | None
+    model_name: str
+    documents: int
+
+
+class RerankService:
+    """Serves rerank requests for the configured models."""
+
+    def __init__(self, reranker: Reranker, registry: ModelRegistry, settings: GeneralSettings) -> None:
+        self.reranker = reranker
+        self.registry = registry
+        self.settings = settings
+
+    async def cohere(
+        self, body: CohereRerankRequest | CohereV2RerankRequest, *, model: str | None, version: str
+    ) -> Answer:
+        """A Cohere-format request; ``model`` (from the URL) overrides the body's."""
+        served = self.registry.resolve(model if model is not None else body.model)
+        self._check_count(len(body.documents), "documents")
+        request = build_request(
+            served.model, body.query, body.documents, body.top_n, body.return_documents,
+            rank_fields=getattr(body, "rank_fields", None),
+            max_chunks_per_doc=getattr(body, "max_chunks_per_doc", None),
+            max_tokens_per_doc=body.max_tokens_per_doc, raw_scores=body.raw_scores, **served.options,
+        )  # fmt: skip
+        response = await self.reranker.arun(request)
+        response.meta.api_version = ApiVersion(version=version)
+        return Answer(response.model_dump(), response.meta.dheera_local, served.name, len(body.documents))
+
+    async def tei(self, body: TEIRerankRequest, *, model: str | None) -> Answer:
+        """A TEI-format request: all texts ranked best first (``top_n`` honoured as an extension)."""
+        served = self.registry.resolve(model)
+        self._check_count(len(body.texts), "texts")
+        request = build_request(
+            served.model, body.query, body.texts, body.top_n, False, raw_scores=body.raw_scores, **served.options
+        )
+        response = await self.reranker.arun(request)
+        ranks = [_tei_rank(result.index, result.relevance_score, body) for result in response.results]
+        return Answer(ranks, response.meta.dheera_local, served.name, len(body.texts))
+
+    def _check_count(self, count: int, field: str) -> None:
+        limit = self.settings.max_documents_per_request
+        if count > limit:
+            raise RequestTooLargeError(
+                f"request too large: {count} {field} exceed max_documents_per_request={limit} "
+                "(general_settings in the server's config); split the request",
+                field=field,
+            )
+
+    def tei_info(self, served: ServedModel) -> dict[str, Any]:
+        """``GET /info`` as TEI answers it, for ``served``."""
+        return {
+            "model_id": served.model_id,
+            "model_sha": None if served.revision in ("remote", "") else served.revision,
+            "model_dtype": served.dtype,  # None when a remote endpoint serves it
+            "served_model_name": served.name,
+            "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+            "max_concurrent_requests": self.settings.max_queue_pairs,
+            "max_input_length": served.max_length,
+            "max_batch_tokens": served.local.batch_tokens if served.local is not None else None,
+            "max_batch_requests": None,
+            "max_client_batch_size": self.settings.max_documents_per_request,
+            "auto_truncate": True,
+            "tokenization_workers": None,
+            "version": __version__,
+            "sha": None,
+            "docker_label": None,
+        }
+
+    def health_request(self, served: ServedModel) -> Any:
+        """The awaitable a health check runs for ``served``: one real, uncached pair."""
+        options = {**served.options, "cache": False}
+        return self.reranker.arerank(served.model, "health check", ["health check"], **options)
+
+
+def _tei_rank(index: int, score: float, body: TEIRerankRequest) -> dict[str, Any]:
+    rank: dict[str, Any] = {"index": index, "score": score}
+    if body.return_text:
+        rank["text"] = body.texts[index]
+    return rank
