@@ -90,6 +90,7 @@ class _Work:
             fallbacks=[name for name, _ in self.failures],
             device=details.get("device"),
             dtype=details.get("dtype"),
+            kernels=details.get("kernels"),
         )
 
 

@@ -47,6 +47,7 @@ class ServedBy(_ItemAccess, BaseModel):
     fallbacks: list[str] = Field(default_factory=list, description="backends that failed before this one")
     device: str | None = None
     dtype: str | None = None
+    kernels: str | None = Field(default=None, description="local matmul kernels: onednn-packed or eager")
 
 
 class RerankMeta(_ItemAccess, BaseModel):

@@ -19,6 +19,7 @@ import torch
 
 from .._batching import plan_batches
 from .._catalog import lookup
+from .._cpu_kernels import EAGER, pack_linears, packing_available
 from .._discovery import LocalWeights
 from .._errors import LocalBackendError, UnsupportedModelError
 from .._hardware import dtype_name, resolve_device, resolve_dtype
@@ -85,7 +86,15 @@ class LocalModel:
         self.tokenizer = encoder.tokenizer
         self.network = encoder.model.to(dtype=dtype).eval()
         self.num_labels = int(self.network.config.num_labels)
+        self.kernels = EAGER
+        if packing_available(device, dtype):
+            self.kernels = pack_linears(self.network, self._probe_batch())
         self._lock = threading.Lock()
+
+    def _probe_batch(self) -> dict[str, torch.Tensor]:
+        texts = ["a short probe document", "a somewhat longer probe document with a few more words in it"]
+        encoded = self.tokenizer(["probe query"] * 2, texts, truncation=True, max_length=64, padding=False)
+        return self._pad(encoded, [0, 1])
 
     def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_tokens: int) -> list[float]:
         """Raw logits for ``pairs`` in input order (fp32, whatever the weights' precision)."""
@@ -242,4 +251,9 @@ class LocalBackend:
         return await asyncio.to_thread(self.score_pairs, pairs)
 
     def describe(self) -> dict[str, str]:
-        return {"device": self.device, "dtype": dtype_name(self.dtype), "path": str(Path(self.weights.path))}
+        details = {"device": self.device, "dtype": dtype_name(self.dtype), "path": str(Path(self.weights.path))}
+        with _registry_lock:
+            loaded = _loaded.get(_LoadKey(str(self.weights.path), self.weights.revision, self.device, self.dtype))
+        if loaded is not None:
+            details["kernels"] = loaded.kernels
+        return details

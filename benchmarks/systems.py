@@ -1,0 +1,366 @@
+"""One benchmark system per function, each run in its own process (clean peak memory, no cross-talk).
+
+    python benchmarks/systems.py SYSTEM spec.json result.json
+
+A spec names the model folder, the requests (query + documents) and how often to repeat them;
+a result holds per-request latencies, raw logits per request (for fidelity), the precision used
+and the process's peak memory. Only public APIs are used: sentence-transformers, dheera_local's
+``rerank``/``Reranker``, the ``dheera-local serve`` command, and infinity's HTTP server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from queue import Empty, Queue
+from typing import Any
+
+Request = dict[str, Any]
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory (VmHWM) of this process or of ``pid``, in MB.
+
+    Not ``getrusage``: its maximum survives exec, so a child would report its parent's peak.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed_requests(requests: list[Request], repeats: int, call: Callable[[Request], list[float]]) -> dict[str, Any]:
+    """Run every request ``repeats`` times in sequence; keep the last run's logits."""
+    latencies, logits = [], []
+    started = time.perf_counter()
+    for repeat in range(repeats):
+        for request in requests:
+            t0 = time.perf_counter()
+            scores = call(request)
+            latencies.append(time.perf_counter() - t0)
+            if repeat == repeats - 1:
+                logits.append(scores)
+    return {"latencies": latencies, "wall": time.perf_counter() - started, "logits": logits}
+
+
+def concurrent_requests(
+    requests: list[Request], repeats: int, clients: int, call: Callable[[Request], list[float]]
+) -> dict[str, Any]:
+    """``clients`` threads pull requests from one queue; throughput over the whole run."""
+    work: Queue = Queue()
+    for repeat in range(repeats):
+        for number, request in enumerate(requests):
+            work.put((repeat, number, request))
+    latencies: list[float] = []
+    logits: dict[int, list[float]] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            try:
+                repeat, number, request = work.get_nowait()
+            except Empty:
+                return
+            t0 = time.perf_counter()
+            try:
+                scores = call(request)
+            except Exception as exc:  # a benchmark reports failures instead of dying
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                if repeat == repeats - 1:
+                    logits[number] = scores
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {
+        "latencies": latencies,
+        "wall": time.perf_counter() - started,
+        "logits": [logits.get(i, []) for i in range(len(requests))],
+        "errors": errors,
+    }
+
+
+# --- sentence-transformers ----------------------------------------------------------------------
+
+
+def run_st(spec: dict) -> dict:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    encoder = CrossEncoder(spec["model"], device="cpu")
+    autocast = spec.get("autocast", False)
+
+    def call(request: Request) -> list[float]:
+        pairs = [(request["query"], d) for d in request["documents"]]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return encoder.predict(pairs, activation_fn=torch.nn.Identity()).tolist()
+
+    call({"query": "warm up", "documents": ["a short warm-up document"] * 4})
+    result = timed_requests(spec["requests"], spec["repeats"], call)
+    return {**result, "precision": "bfloat16 (autocast)" if autocast else "float32"}
+
+
+# --- dheera_local in-process --------------------------------------------------------------------
+
+
+def run_ours(spec: dict) -> dict:
+    import dheera_local
+
+    options = {"cache": False, "raw_scores": True, "device": "cpu", **spec.get("options", {})}
+    served: dict[str, Any] = {}
+
+    def call(request: Request) -> list[float]:
+        response = dheera_local.rerank(spec["model"], request["query"], request["documents"], **options)
+        served.update(response.meta.dheera_local.model_dump())
+        by_index = {r.index: r.relevance_score for r in response.results}
+        return [by_index[i] for i in range(len(request["documents"]))]
+
+    call({"query": "warm up", "documents": ["a short warm-up document"] * 4})
+    result = timed_requests(spec["requests"], spec["repeats"], call)
+    return {**result, "precision": served.get("dtype")}
+
+
+def run_ours_cache(spec: dict) -> dict:
+    """Fully cached requests: the first pass fills the cache, the timed passes only read it."""
+    import dheera_local
+
+    folder = tempfile.mkdtemp(prefix="dheera-bench-cache-")
+    options = {"cache_dir": folder, "raw_scores": True, "device": "cpu", **spec.get("options", {})}
+
+    def call(request: Request) -> list[float]:
+        response = dheera_local.rerank(spec["model"], request["query"], request["documents"], **options)
+        by_index = {r.index: r.relevance_score for r in response.results}
+        return [by_index[i] for i in range(len(request["documents"]))]
+
+    t0 = time.perf_counter()
+    for request in spec["requests"]:
+        call(request)
+    uncached = time.perf_counter() - t0
+    result = timed_requests(spec["requests"], spec["repeats"], call)
+    return {**result, "precision": "cache", "uncached_wall": uncached}
+
+
+# --- servers over HTTP --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with status {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server at {url} did not come up in {timeout:.0f}s")
+
+
+def serve_and_measure(
+    command: list[str],
+    env: dict,
+    health: str,
+    spec: dict,
+    call_factory: Callable[[str], Callable[[Request], list[float]]],
+) -> dict:
+    port = free_port()
+    command = [part.replace("{port}", str(port)) for part in command]
+    log = open(Path(tempfile.mkdtemp()) / "server.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base + health, process)
+        call = call_factory(base)
+        call({"query": "warm up", "documents": ["a short warm-up document"] * 4})
+        clients = spec.get("clients", 1)
+        if clients > 1:
+            result = concurrent_requests(spec["requests"], spec["repeats"], clients, call)
+        else:
+            result = timed_requests(spec["requests"], spec["repeats"], call)
+        result["server_peak_rss_mb"] = peak_rss_mb(process.pid)
+        return result
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def tei_client(base: str, path: str = "/rerank", headers: dict | None = None) -> Callable[[Request], list[float]]:
+    """Logits through a TEI-format route (raw_scores), the same on our server and infinity's shape."""
+    import httpx
+
+    client = httpx.Client(timeout=600, headers=headers or {}, limits=httpx.Limits(max_connections=64))
+
+    def call(request: Request) -> list[float]:
+        body = {"query": request["query"], "texts": request["documents"], "raw_scores": True, "truncate": True}
+        answer = client.post(base + path, json=body)
+        answer.raise_for_status()
+        scores = {item["index"]: item["score"] for item in answer.json()}
+        return [scores[i] for i in range(len(request["documents"]))]
+
+    return call
+
+
+def run_ours_server(spec: dict) -> dict:
+    config = Path(tempfile.mkdtemp()) / "config.yaml"
+    dtype = spec.get("options", {}).get("dtype")
+    params = f"      model: {spec['model']}\n      device: cpu\n" + (f"      dtype: {dtype}\n" if dtype else "")
+    config.write_text(
+        "model_list:\n  - model_name: bench\n    dheera_ai_params:\n"
+        + params
+        + "general_settings:\n  master_key: sk-bench\n  cache: false\n"
+    )
+    command = [sys.executable, "-m", "dheera_local", "serve", "--config", str(config), "--port", "{port}"]
+    headers = {"Authorization": "Bearer sk-bench"}
+    result = serve_and_measure(command, {}, "/health/liveliness", spec, lambda base: tei_client(base, headers=headers))
+    return {**result, "precision": dtype or "auto"}
+
+
+def run_infinity(spec: dict) -> dict:
+    venv = Path(spec["infinity_venv"])
+    dtype = spec.get("infinity_dtype", "bfloat16")
+    batch = str(spec.get("batch_size", 32))
+    command = [
+        str(venv / "bin" / "infinity_emb"),
+        "v2",
+        "--model-id",
+        spec["model"],
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+        "--dtype",
+        dtype,
+        "--port",
+        "{port}",
+        "--batch-size",
+        batch,
+    ]
+    env = {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+
+    def client(base: str) -> Callable[[Request], list[float]]:
+        import httpx
+
+        http = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=64))
+
+        def call(request: Request) -> list[float]:
+            body = {"query": request["query"], "documents": request["documents"], "raw_scores": True}
+            answer = http.post(base + "/rerank", json=body)
+            answer.raise_for_status()
+            scores = {item["index"]: item["relevance_score"] for item in answer.json()["results"]}
+            return [scores[i] for i in range(len(request["documents"]))]
+
+        return call
+
+    result = serve_and_measure(command, env, "/health", spec, client)
+    return {**result, "precision": dtype}
+
+
+# --- our remote client against a slow TEI-format endpoint ---------------------------------------
+
+
+class _SlowTEI(BaseHTTPRequestHandler):
+    """A TEI-format endpoint that answers after a fixed latency, with at most 32 texts per request."""
+
+    latency = 0.05
+    limit = 32
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send(200, {"max_client_batch_size": self.limit, "model_id": "slow-tei"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(self.latency)
+        if len(body["texts"]) > self.limit:
+            self._send(422, {"error": f"batch size {len(body['texts'])} > maximum allowed batch size {self.limit}"})
+            return
+        ranked = [{"index": i, "score": float(len(text) % 97) / 10} for i, text in enumerate(body["texts"])]
+        self._send(200, sorted(ranked, key=lambda r: -r["score"]))
+
+    def _send(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def run_ours_remote(spec: dict) -> dict:
+    """1,000 documents through our TEI client (concurrent parts) vs the same batches one after another."""
+    import httpx
+
+    import dheera_local
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowTEI)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    query, documents = spec["requests"][0]["query"], spec["requests"][0]["documents"]
+    model = "huggingface/bench/slow-tei"
+    dheera_local.rerank(model, query, documents[:4], api_base=base, cache=False)  # reads /info once
+    t0 = time.perf_counter()
+    dheera_local.rerank(model, query, documents, api_base=base, cache=False, backend="remote")
+    ours = time.perf_counter() - t0
+    with httpx.Client(timeout=60) as client:
+        t0 = time.perf_counter()
+        for start in range(0, len(documents), 32):
+            body = {"query": query, "texts": documents[start : start + 32], "raw_scores": True, "truncate": True}
+            client.post(base + "/rerank", json=body).raise_for_status()
+        sequential = time.perf_counter() - t0
+    server.shutdown()
+    return {"latencies": [ours], "wall": ours, "logits": [], "sequential_wall": sequential, "precision": "n/a"}
+
+
+SYSTEMS = {
+    "st": run_st,
+    "ours": run_ours,
+    "ours-cache": run_ours_cache,
+    "ours-server": run_ours_server,
+    "infinity": run_infinity,
+    "ours-remote": run_ours_remote,
+}
+
+
+def main() -> None:
+    system, spec_path, out_path = sys.argv[1:4]
+    spec = json.loads(Path(spec_path).read_text())
+    result = SYSTEMS[system](spec)
+    result["peak_rss_mb"] = peak_rss_mb()
+    Path(out_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
