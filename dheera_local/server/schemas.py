@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._errors import InvalidRequestError
@@ -107,13 +108,20 @@ def is_tei(body: dict[str, Any]) -> bool:
 def parse_json(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object; 400 when it is not JSON, 422 when it is not an object."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise InvalidRequestError(f"request body is not valid JSON{where}", field="body") from None
+        data = pydantic_core.from_json(raw)  # fast path; json.loads below only to explain an error
+    except ValueError:
+        data = _explain_json_error(raw)
     if not isinstance(data, dict):
         raise BodyValidationError(f"request body must be a JSON object, got {type(data).__name__}", field="body")
     return data
+
+
+def _explain_json_error(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InvalidRequestError(f"request body is not valid JSON{where}", field="body") from None
 
 
 def validate(schema: type[Body], data: dict[str, Any]) -> Body:

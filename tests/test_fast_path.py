@@ -1,0 +1,99 @@
+"""The fast CPU path: oneDNN prepacked linears keep scores and rankings; the automatic choice is visible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import dheera_local
+from dheera_local._cpu_kernels import EAGER, PACKED, pack_linears, packing_available
+from dheera_local._hardware import cpu_features
+
+NATIVE_BF16 = cpu_features().native_bf16
+QUERY = "which city"
+DOCS = [
+    "the city of paris has a famous museum",
+    "berlin is in germany",
+    "a cafe in paris near the river",
+    "rome and madrid",
+    "tea and coffee in the morning",
+    "paris",
+    "london bridge",
+]
+
+
+def test_packing_applies_only_to_cpu_bf16_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not packing_available("cpu", torch.float32)
+    assert not packing_available("cuda", torch.bfloat16)
+    monkeypatch.setenv("DHEERA_CPU_KERNELS", "eager")
+    assert not packing_available("cpu", torch.bfloat16)
+
+
+@pytest.mark.skipif(not packing_available("cpu", torch.bfloat16), reason="this torch build has no oneDNN packed linear")
+@pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_xlmr", "keyword_model"])
+def test_packed_linears_match_eager_bf16(model_fixture: str, request: pytest.FixtureRequest) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder: Path = request.getfixturevalue(model_fixture)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    features = tokenizer([QUERY] * len(DOCS), DOCS, padding=True, return_tensors="pt")
+    eager = AutoModelForSequenceClassification.from_pretrained(folder).eval().to(torch.bfloat16)
+    packed = AutoModelForSequenceClassification.from_pretrained(folder).eval().to(torch.bfloat16)
+    assert pack_linears(packed, dict(features)) == PACKED
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())  # every linear was swapped
+    with torch.inference_mode():
+        expected = eager(**features).logits.float()
+        actual = packed(**features).logits.float()
+    assert torch.allclose(actual, expected, atol=0.05)
+
+
+def test_bf16_fast_path_keeps_the_trained_models_ranking(keyword_model: Path) -> None:
+    exact = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="float32", cache=False)
+    fast = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="bfloat16", cache=False)
+    # The three "paris" documents saturate at the same logit: compare the set above the rest.
+    assert {r.index for r in fast.results[:3]} == {r.index for r in exact.results[:3]} == {0, 2, 5}
+    reference = {r.index: r.relevance_score for r in exact.results}
+    assert max(abs(r.relevance_score - reference[r.index]) for r in fast.results) <= 0.02
+    expected_kernels = PACKED if packing_available("cpu", torch.bfloat16) else EAGER
+    assert fast.meta.dheera_local.kernels == expected_kernels
+
+
+def test_eager_override_gives_the_same_ranking(keyword_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DHEERA_CPU_KERNELS", "eager")
+    from dheera_local.backends.local import unload_all
+
+    unload_all()  # the override applies when a model loads
+    try:
+        eager = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="bfloat16", cache=False)
+    finally:
+        unload_all()
+    assert eager.meta.dheera_local.kernels == EAGER
+    exact = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="float32", cache=False)
+    assert {r.index for r in eager.results[:3]} == {r.index for r in exact.results[:3]} == {0, 2, 5}
+
+
+def test_auto_precision_is_reported_and_follows_the_cpu() -> None:
+    response = dheera_local.rerank("tiny-org/tiny-bert-reranker", QUERY, DOCS, device="cpu", cache=False)
+    assert response.meta.dheera_local.dtype == ("bfloat16" if NATIVE_BF16 else "float32")
+
+
+@pytest.mark.skipif(not packing_available("cpu", torch.bfloat16), reason="this torch build has no oneDNN packed linear")
+def test_undoing_the_swap_restores_the_eager_model(tiny_bert: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from dheera_local._cpu_kernels import _restore, _swap
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    features = dict(tokenizer([QUERY] * 3, DOCS[:3], padding=True, return_tensors="pt"))
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval().to(torch.bfloat16)
+    with torch.inference_mode():
+        before = model(**features).logits
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    swapped = _swap(model)
+    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 0
+    _restore(model, swapped)
+    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == linears
+    with torch.inference_mode():
+        assert torch.equal(model(**features).logits, before)
