@@ -30,8 +30,10 @@ def packing_available(device: str, dtype: torch.dtype) -> bool:
     if torch.device(device).type != "cpu" or dtype != torch.bfloat16:
         return False
     ops = torch.ops.mkldnn
-    return torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight") and hasattr(
-        ops, "_linear_pointwise"
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
     )
 
 
