@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dheera_local import testing
+from dheera_local import Reranker, testing
+from loopback import FAST, Servers
 
 TINY_BERT_ID = "tiny-org/tiny-bert-reranker"
 TINY_XLMR_ID = "tiny-org/tiny-xlmr-reranker"
@@ -79,3 +81,18 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub_cache: Pat
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
     logging.getLogger("dheera_local").setLevel(logging.INFO)
     return tmp_path
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    """Loopback TEI / HF hosted / Cohere servers, closed after the test."""
+    with Servers() as started:
+        yield started
+
+
+@pytest.fixture
+def reranker() -> Iterator[Reranker]:
+    """A Reranker with fast retries and short timeouts (loopback servers answer in milliseconds)."""
+    instance = Reranker(retry=FAST)
+    yield instance
+    instance.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import AllBackendsFailedError, ModelNotAvailableError, Reranker
-from loopback import FAST, Fault, Servers, by_index, call, reference_logits, sigmoid
+from loopback import Fault, Servers, by_index, call, reference_logits, sigmoid
 
 QUERY = "what is the capital of the united states"
 DOCS = [
@@ -19,19 +18,6 @@ DOCS = [
     "capital punishment existed in the united states",
     "the river in paris",
 ]
-
-
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    with Servers() as started:
-        yield started
-
-
-@pytest.fixture
-def reranker() -> Iterator[Reranker]:
-    instance = Reranker(retry=FAST)
-    yield instance
-    instance.close()
 
 
 @pytest.mark.parametrize(

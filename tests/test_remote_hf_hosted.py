@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import dheera_local
 from dheera_local import AllBackendsFailedError, Reranker
 from dheera_local.backends.hf_hosted import DEFAULT_HF_INFERENCE_URL, hf_inference_base
 from dheera_local.testing import build_cross_encoder
-from loopback import FAST, Fault, LoopbackServer, Servers, by_index, call, reference_logits
+from loopback import Fault, LoopbackServer, Servers, by_index, call, reference_logits
 
 REMOTE_ID = "tiny-org/remote-only"  # not in the test hub cache: auto picks HF hosted
 QUERY = "what is the capital of the united states"
@@ -21,19 +20,6 @@ DOCS = [
     "capital punishment existed in the united states",
     "the river in paris",
 ]
-
-
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    with Servers() as started:
-        yield started
-
-
-@pytest.fixture
-def reranker() -> Iterator[Reranker]:
-    instance = Reranker(retry=FAST)
-    yield instance
-    instance.close()
 
 
 @pytest.fixture

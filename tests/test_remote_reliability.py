@@ -8,7 +8,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,12 +23,6 @@ MODEL = "huggingface/tiny-org/remote-only"
 QUERY = "what is the capital of the united states"
 DOCS = ["washington is the capital", "carson city is in nevada", "the river in paris"]
 TOKEN = "sk-live-0123456789abcdef-SECRET"
-
-
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    with Servers() as started:
-        yield started
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 import dheera_local
 from conftest import closed_port
 from dheera_local import Reranker
-from loopback import FAST, Fault, Servers, by_index, call, reference_logits, sigmoid
+from loopback import Fault, Servers, by_index, call, reference_logits, sigmoid
 
 REMOTE_ID = "tiny-org/remote-only"  # not in the test hub cache: only the endpoint can score it
 MODEL = f"huggingface/{REMOTE_ID}"
@@ -24,19 +23,6 @@ DOCS = [
     "tea and coffee in the morning",
 ]
 MANY = [f"document {i}: the {'capital city' if i % 3 else 'river'} of state {i} in {i % 7} words" for i in range(100)]
-
-
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    with Servers() as started:
-        yield started
-
-
-@pytest.fixture
-def reranker() -> Iterator[Reranker]:
-    instance = Reranker(retry=FAST)
-    yield instance
-    instance.close()
 
 
 def test_scores_through_tei_with_the_documented_payload(servers: Servers, tiny_bert: Path) -> None:

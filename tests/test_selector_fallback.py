@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,19 +26,6 @@ DOCS = [
     "tea and coffee",
     "",
 ]
-
-
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    with Servers() as started:
-        yield started
-
-
-@pytest.fixture
-def reranker() -> Iterator[Reranker]:
-    instance = Reranker(retry=FAST)
-    yield instance
-    instance.close()
 
 
 @pytest.fixture
