@@ -193,12 +193,23 @@ _open_caches: dict[Path, ScoreCache] = {}
 _open_lock = threading.Lock()
 
 
+def _cache_key_path(directory: Path | None) -> Path:
+    return (directory or default_cache_dir()).expanduser().resolve()
+
+
+def is_cache_open(directory: Path | None = None) -> bool:
+    """True when this process already opened the cache for ``directory`` (later lookups are fast)."""
+    path = _cache_key_path(directory)
+    with _open_lock:
+        return path in _open_caches
+
+
 def open_cache(directory: Path | None = None) -> ScoreCache | None:
     """The process-wide cache for ``directory`` (default: :func:`default_cache_dir`), or None.
 
     None (after a warning) when the folder cannot be created or its database cannot be opened.
     """
-    directory = (directory or default_cache_dir()).expanduser().resolve()
+    directory = _cache_key_path(directory)
     with _open_lock:
         cache = _open_caches.get(directory)
         if cache is None:

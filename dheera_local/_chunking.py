@@ -54,6 +54,12 @@ _tokenizers: dict[str, TokenCounter] = {}
 _tokenizers_lock = threading.Lock()
 
 
+def is_counter_loaded(folder: Path) -> bool:
+    """True when the tokenizer of ``folder`` is already loaded in this process."""
+    with _tokenizers_lock:
+        return str(folder) in _tokenizers
+
+
 def counter_for(folder: Path | None) -> TokenCounter:
     """The model's tokenizer from its folder (no weights loaded), cached per folder."""
     if folder is None:

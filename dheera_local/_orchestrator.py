@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from ._cache import KeyMaker, ScoreCache, open_cache
-from ._chunking import ChunkSettings, TokenCounter, counter_for, document_windows
+from ._cache import KeyMaker, ScoreCache, is_cache_open, open_cache
+from ._chunking import ChunkSettings, TokenCounter, counter_for, document_windows, is_counter_loaded
 from ._errors import AllBackendsFailedError, BackendError
 from ._model_ref import parse_model
 from ._request import RerankOptions, RerankRequest, build_options, build_request
@@ -137,7 +137,7 @@ class Reranker:
         """Serve a validated request."""
         if not request.texts:
             return _empty_response(request)
-        work, windows = self._prepare_request(request)
+        work, windows = self._prepare_request(request, self.selector.plan(request.model, request.options))
         self._fill(work)
         return _response(request, work, windows)
 
@@ -145,12 +145,17 @@ class Reranker:
         """The async twin of :meth:`run`."""
         if not request.texts:
             return _empty_response(request)
-        work, windows = await asyncio.to_thread(self._prepare_request, request)
+        plan = self.selector.plan(request.model, request.options)  # file checks only: no weights load
+        if _prepared_quickly(request, plan):
+            # A cache lookup is one SQLite SELECT (WAL: readers never wait on writers): cheaper on the
+            # event loop than the ~1 ms a worker-thread round trip costs on a busy machine.
+            work, windows = self._prepare_request(request, plan)
+        else:
+            work, windows = await asyncio.to_thread(self._prepare_request, request, plan)
         await self._afill(work)
         return _response(request, work, windows)
 
-    def _prepare_request(self, request: RerankRequest) -> tuple[_Work, list[list[str]]]:
-        plan = self.selector.plan(request.model, request.options)
+    def _prepare_request(self, request: RerankRequest, plan: Plan) -> tuple[_Work, list[list[str]]]:
         windows = _windows(request, plan)
         pairs = [(request.query, window) for document in windows for window in document]
         return self._lookup(plan, request.options, pairs), windows
@@ -247,6 +252,15 @@ def _all_failed(work: _Work) -> AllBackendsFailedError:
     else:
         hint = "Fix: check the endpoint and api_key above, or pass backend='local' / 'remote' to choose one"
     return AllBackendsFailedError(f"every backend failed for {model}: {tried}. {hint}", work.failures)
+
+
+def _prepared_quickly(request: RerankRequest, plan: Plan) -> bool:
+    """True when preparing ``request`` does no slow first-time work (open a cache, load a tokenizer)."""
+    options = request.options
+    if options.use_cache and not is_cache_open(options.cache_dir):
+        return False
+    chunking = request.max_chunks_per_doc is not None or request.max_tokens_per_doc is not None
+    return not chunking or plan.local is None or is_counter_loaded(plan.local.weights.path)
 
 
 def _windows(request: RerankRequest, plan: Plan) -> list[list[str]]:
