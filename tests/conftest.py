@@ -16,6 +16,16 @@ import pytest
 from dheera_local import Reranker, testing
 from loopback import FAST, Servers
 
+# The seed docs' example query and documents.
+SEED_QUERY = "What is the capital of the United States?"
+SEED_DOCUMENTS = [
+    "Carson City is the capital city of the American state of Nevada.",
+    "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean. "
+    "Its capital is Saipan.",
+    "Washington, D.C. is the capital of the United States.",
+    "Capital punishment has existed in the United States since before it was a country.",
+]
+
 TINY_BERT_ID = "tiny-org/tiny-bert-reranker"
 TINY_XLMR_ID = "tiny-org/tiny-xlmr-reranker"
 BERT_REVISION = "1" * 40

@@ -20,14 +20,6 @@ from dheera_local.server import create_app, parse_config
 from dheera_local.server.state import ServerState
 
 MASTER_KEY = "sk-test-master-key-0123456789"
-SEED_QUERY = "What is the capital of the United States?"
-SEED_DOCUMENTS = [
-    "Carson City is the capital city of the American state of Nevada.",
-    "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean. "
-    "Its capital is Saipan.",
-    "Washington, D.C. is the capital of the United States.",
-    "Capital punishment has existed in the United States since before it was a country.",
-]
 
 
 class LiveServer:

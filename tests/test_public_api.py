@@ -11,16 +11,7 @@ import pytest
 
 import dheera_local
 import dheera_local as dheera_ai
-from conftest import TINY_XLMR_ID
-
-SEED_QUERY = "What is the capital of the United States?"
-SEED_DOCUMENTS = [
-    "Carson City is the capital city of the American state of Nevada.",
-    "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean. "
-    "Its capital is Saipan.",
-    "Washington, D.C. is the capital of the United States.",
-    "Capital punishment has existed in the United States since before it was a country.",
-]
+from conftest import SEED_DOCUMENTS, SEED_QUERY, TINY_XLMR_ID
 
 
 def test_all_lists_exactly_the_public_names() -> None:

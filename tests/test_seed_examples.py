@@ -12,17 +12,9 @@ from pathlib import Path
 import pytest
 
 import dheera_local as dheera_ai
+from conftest import SEED_DOCUMENTS, SEED_QUERY
 from dheera_local.testing import install_in_hub_cache
 from loopback import Servers, reference_logits, sigmoid
-
-SEED_QUERY = "What is the capital of the United States?"
-SEED_DOCUMENTS = [
-    "Carson City is the capital city of the American state of Nevada.",
-    "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean. "
-    "Its capital is Saipan.",
-    "Washington, D.C. is the capital of the United States.",
-    "Capital punishment has existed in the United States since before it was a country.",
-]
 
 
 def expected_top3(folder: Path) -> list[tuple[int, float]]:

@@ -23,10 +23,10 @@ import requests
 
 import dheera_local
 import dheera_local as dheera_ai
-from conftest import closed_port
+from conftest import SEED_DOCUMENTS, SEED_QUERY, closed_port
 from dheera_local import AllBackendsFailedError
 from loopback import Fault, Servers, reference_logits
-from server_harness import MASTER_KEY, SEED_DOCUMENTS, SEED_QUERY, LiveServer
+from server_harness import MASTER_KEY, LiveServer
 
 UPSTREAM_KEY = "hf_upstream_secret_4242"
 NAMES = ["bge-reranker-base", "bge-reranker-large", "tiny-bert-hub", "cached", "broken-tei", "unreachable"]
