@@ -364,6 +364,7 @@ def main() -> None:
     print(f"machine: {suite.peaks}", file=sys.stderr)
     if "speed" in sections:
         suite.speed(base, "bge-reranker-base twin")
+        suite.speed(twin("ms-marco-MiniLM-L-6-v2", args.models_dir, suite.corpus), "ms-marco-MiniLM-L-6-v2 twin")
     if "fidelity" in sections:
         examples = [
             (r.query, doc, suite.batch_big.qrels[r.query_id].get(doc_id, 0), r.query_id)

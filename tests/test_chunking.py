@@ -32,10 +32,14 @@ def test_answer_past_the_window_ranks_first_only_with_chunking(keyword_model: Pa
     model, query = str(keyword_model), "which city"
     plain = dheera_local.rerank(model, query, docs, max_length=128, dtype="float32")
     chunked = dheera_local.rerank(model, query, docs, max_length=128, max_chunks_per_doc=20, dtype="float32")
-    assert plain.results[0].index != 4  # truncated at 128 tokens: the answer was cut off
-    assert {r.index: r.relevance_score for r in plain.results}[4] < 0.1
-    assert chunked.results[0].index == 4  # one window holds the answer
+    plain_scores = {r.index: r.relevance_score for r in plain.results}
+    # Truncated at 128 tokens, the answer is cut off: the long document scores like the irrelevant ones
+    # (all near 0, their order among themselves is noise), never ahead of them by a margin.
+    assert plain_scores[4] < 0.1
+    assert plain_scores[4] - max(score for index, score in plain_scores.items() if index != 4) < 0.05
+    assert chunked.results[0].index == 4  # one window holds the answer: first, by a wide margin
     assert chunked.results[0].relevance_score > 0.9
+    assert all(r.relevance_score < 0.1 for r in chunked.results[1:])
     short_scores = {r.index: r.relevance_score for r in chunked.results if r.index != 4}
     assert short_scores == {r.index: r.relevance_score for r in plain.results if r.index != 4}
 
