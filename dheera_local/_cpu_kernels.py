@@ -10,6 +10,7 @@ the eager model on a probe batch at load time, and undone if anything differs. S
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -21,6 +22,7 @@ logger = logging.getLogger("dheera_local")
 PACKED = "onednn-packed"
 EAGER = "eager"
 _PROBE_TOLERANCE = 0.05  # logits; bf16 fused GELU rounds once instead of twice
+Swapped = list[tuple[nn.Module, str, nn.Module]]  # (parent, attribute, original module)
 
 
 def packing_available(device: str, dtype: torch.dtype) -> bool:
@@ -34,7 +36,18 @@ def packing_available(device: str, dtype: torch.dtype) -> bool:
         torch.backends.mkldnn.is_available()
         and hasattr(ops, "_reorder_linear_weight")
         and hasattr(ops, "_linear_pointwise")
+        and _onednn_packs_bf16()
     )
+
+
+@functools.cache
+def _onednn_packs_bf16() -> bool:
+    # oneDNN has no bf16 weight reorder without AVX-512BW or AVX-NE-CONVERT (e.g. on AVX2-only CPUs).
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), None)
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(nn.Module):
@@ -59,8 +72,10 @@ def pack_linears(network: nn.Module, probe: dict[str, torch.Tensor]) -> str:
     """
     with torch.inference_mode():
         expected = network(**probe).logits.float()
-    swapped = _swap(network)
+    swapped: Swapped = []
     try:
+        # Packing itself raises where oneDNN lacks a bf16 path for this CPU (no AVX-512BW/AVX-NE-CONVERT).
+        _swap(network, swapped)
         with torch.inference_mode():
             actual = network(**probe).logits.float()
         difference = float((actual - expected).abs().max())
@@ -71,13 +86,13 @@ def pack_linears(network: nn.Module, probe: dict[str, torch.Tensor]) -> str:
     if difference <= _PROBE_TOLERANCE:
         return PACKED  # the originals in `swapped` are dropped here: no second copy of the weights
     _restore(network, swapped)
-    logger.warning("oneDNN packed linears disagree with eager on this machine (%s); using eager kernels", reason)
+    logger.warning("oneDNN packed linears are not usable on this machine (%s); using eager kernels", reason)
     return EAGER
 
 
-def _swap(network: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """Replace linears in place; returns (parent, attribute, original) to undo it."""
-    swapped = []
+def _swap(network: nn.Module, swapped: Swapped) -> None:
+    """Replace linears in place, recording each (parent, attribute, original) in ``swapped`` as it
+    goes, so that a swap failing halfway can still be undone."""
     for parent in list(network.modules()):
         fuse_gelu = _applies_exact_gelu(parent)
         for name, child in list(parent.named_children()):
@@ -89,7 +104,6 @@ def _swap(network: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
         if fuse_gelu:
             swapped.append((parent, "intermediate_act_fn", parent.intermediate_act_fn))
             parent.intermediate_act_fn = nn.Identity()
-    return swapped
 
 
 def _applies_exact_gelu(module: nn.Module) -> bool:
@@ -103,6 +117,6 @@ def _applies_exact_gelu(module: nn.Module) -> bool:
     )
 
 
-def _restore(network: nn.Module, swapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
+def _restore(network: nn.Module, swapped: Swapped) -> None:
     for parent, name, original in reversed(swapped):
         setattr(parent, name, original)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,9 @@ from dheera_local._cpu_kernels import EAGER, PACKED, pack_linears, packing_avail
 from dheera_local._hardware import cpu_features
 
 NATIVE_BF16 = cpu_features().native_bf16
+NEEDS_PACKING = pytest.mark.skipif(
+    not packing_available("cpu", torch.bfloat16), reason="oneDNN cannot pack bf16 linears with this torch build or CPU"
+)
 QUERY = "which city"
 DOCS = [
     "the city of paris has a famous museum",
@@ -31,7 +38,7 @@ def test_packing_applies_only_to_cpu_bf16_and_can_be_turned_off(monkeypatch: pyt
     assert not packing_available("cpu", torch.bfloat16)
 
 
-@pytest.mark.skipif(not packing_available("cpu", torch.bfloat16), reason="this torch build has no oneDNN packed linear")
+@NEEDS_PACKING
 @pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_xlmr", "keyword_model"])
 def test_packed_linears_match_eager_bf16(model_fixture: str, request: pytest.FixtureRequest) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -60,6 +67,48 @@ def test_bf16_fast_path_keeps_the_trained_models_ranking(keyword_model: Path) ->
     assert fast.meta.dheera_local.kernels == expected_kernels
 
 
+def test_a_cpu_where_onednn_cannot_pack_bf16_scores_bf16_with_eager_kernels(keyword_model: Path) -> None:
+    # oneDNN capped at AVX2 has no bf16 weight reorder (as on CPUs without AVX-512BW): an explicit
+    # dtype="bfloat16" must load with eager kernels there, not fail to load.
+    script = (
+        "import json, sys, dheera_local\n"
+        "r = dheera_local.rerank(sys.argv[1], 'which city', sys.argv[2:], dtype='bfloat16', cache=False)\n"
+        "print(json.dumps([r.meta.dheera_local.kernels, [x.index for x in r.results[:3]]]))\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(keyword_model), *DOCS], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    kernels, top = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kernels == EAGER
+    assert set(top) == {0, 2, 5}
+
+
+def test_packing_that_raises_leaves_the_eager_model_intact(tiny_bert: Path) -> None:
+    # Called directly (past the availability check) where oneDNN cannot reorder bf16 weights.
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        "from dheera_local._cpu_kernels import pack_linears\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "features = dict(tok(['q', 'q'], ['a b', 'c d e'], padding=True, return_tensors='pt'))\n"
+        "model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval().to(torch.bfloat16)\n"
+        "linears = sum(type(m) is torch.nn.Linear for m in model.modules())\n"
+        "before = model(**features).logits\n"
+        "kernels = pack_linears(model, features)\n"
+        "same = torch.equal(model(**features).logits, before)\n"
+        "print(kernels, linears, sum(type(m) is torch.nn.Linear for m in model.modules()), same)\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_bert)], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    kernels, before, after, same = done.stdout.split()[-4:]
+    assert kernels == EAGER and int(before) == int(after) > 0 and same == "True"
+    assert "not usable on this machine" in done.stderr
+
+
 def test_eager_override_gives_the_same_ranking(keyword_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DHEERA_CPU_KERNELS", "eager")
     from dheera_local.backends.local import unload_all
@@ -79,7 +128,7 @@ def test_auto_precision_is_reported_and_follows_the_cpu() -> None:
     assert response.meta.dheera_local.dtype == ("bfloat16" if NATIVE_BF16 else "float32")
 
 
-@pytest.mark.skipif(not packing_available("cpu", torch.bfloat16), reason="this torch build has no oneDNN packed linear")
+@NEEDS_PACKING
 def test_undoing_the_swap_restores_the_eager_model(tiny_bert: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -91,7 +140,8 @@ def test_undoing_the_swap_restores_the_eager_model(tiny_bert: Path) -> None:
     with torch.inference_mode():
         before = model(**features).logits
     linears = sum(type(m) is torch.nn.Linear for m in model.modules())
-    swapped = _swap(model)
+    swapped: list = []
+    _swap(model, swapped)
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 0
     _restore(model, swapped)
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == linears

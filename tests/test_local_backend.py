@@ -149,6 +149,38 @@ def test_one_load_per_model_device_dtype_even_under_concurrency() -> None:
     assert load_model(weights, "cpu", torch.bfloat16) is not loaded[0]
 
 
+def test_threads_with_different_max_length_on_one_model_each_get_their_own_truncation(keyword_model: Path) -> None:
+    # The fast tokenizer holds truncation as shared state. Unserialized, one thread's max_length
+    # leaked into the other's calls: about 1 row in 10 below was truncated wrongly before the fix.
+    # Tokenizing is hammered directly because forward passes, serialized anyway, hide the race.
+    from dheera_local._discovery import find_local_weights
+    from dheera_local._model_ref import parse_model
+    from dheera_local.backends.local import LocalBackend
+
+    weights = find_local_weights(parse_model(str(keyword_model)))
+    short = LocalBackend(weights, max_length=16, dtype="float32")
+    full = LocalBackend(weights, max_length=512, dtype="float32")
+    docs = [" ".join(["museum"] * 30 + ["paris"]), "paris museum"]  # 'paris' is cut off at 16 tokens
+    assert short.score("city", docs)[0] < 0 < full.score("city", docs)[0]
+    model = short.model()
+    assert model is full.model()  # one loaded model, one tokenizer, two truncation settings
+    pairs = [("city", docs[0])] * 4
+    full_length = len(model._tokenize(pairs, 512)["input_ids"][0])
+    wrong: list[int] = []
+
+    def hammer(max_length: int) -> None:
+        for _ in range(1000):
+            encoded = model._tokenize(pairs, max_length)
+            wrong.extend(len(ids) for ids in encoded["input_ids"] if len(ids) != min(max_length, full_length))
+
+    threads = [threading.Thread(target=hammer, args=(max_length,)) for max_length in (16, 512)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong, f"{len(wrong)} rows truncated with the other thread's max_length"
+
+
 def test_concurrent_async_calls_are_correct_and_match_sync() -> None:
     queries = [f"query number {i} capital" for i in range(8)]
 

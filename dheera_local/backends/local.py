@@ -90,6 +90,10 @@ class LocalModel:
         if packing_available(device, dtype):
             self.kernels = pack_linears(self.network, self._probe_batch())
         self._lock = threading.Lock()
+        # The fast tokenizer keeps truncation settings as mutable state: calls with different
+        # max_length from two threads would race. Separate from _lock so tokenizing the next
+        # request overlaps the current forward pass.
+        self._tokenizer_lock = threading.Lock()
 
     def _probe_batch(self) -> dict[str, torch.Tensor]:
         texts = ["a short probe document", "a somewhat longer probe document with a few more words in it"]
@@ -123,7 +127,8 @@ class LocalModel:
         queries = [query for query, _ in pairs]
         texts = [text for _, text in pairs]
         # "longest_first" truncation, as CrossEncoder.predict does, so scores match it exactly.
-        return self.tokenizer(queries, texts, truncation="longest_first", max_length=max_length, padding=False)
+        with self._tokenizer_lock:
+            return self.tokenizer(queries, texts, truncation="longest_first", max_length=max_length, padding=False)
 
     @torch.inference_mode()
     def _forward(self, encoded: dict[str, list[list[int]]], batch: list[int]) -> list[float]:
