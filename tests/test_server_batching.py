@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from dheera_local import LocalBackendError, OverloadedError, Reranker, testing
 from dheera_local._discovery import find_local_weights
 from dheera_local._model_ref import parse_model
-from dheera_local.backends.batched import BatcherPool, MicroBatcher
+from dheera_local.backends.batched import BatcherPool, BatcherStats, MicroBatcher
 from dheera_local.backends.local import LocalBackend
 from server_harness import MASTER_KEY, LiveServer
 
@@ -47,8 +48,10 @@ def server(keyword_model: Path) -> Iterator[LiveServer]:
 
 
 def stats(server: LiveServer) -> dict[str, int]:
-    (only,) = server.state.pool.stats().values()
-    return only
+    """The keyword model's batcher counters (all zero before its first request)."""
+    batchers = list(server.state.pool.stats().values())
+    assert len(batchers) <= 1
+    return batchers[0] if batchers else asdict(BatcherStats())
 
 
 def in_background(call: Callable[[], Any]) -> Future[Any]:
