@@ -50,7 +50,8 @@ def train_tokenizer(arch: str, words: Iterable[str] = WORDS, vocab_size: int = 2
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-        return BertTokenizerFast(vocab=tok.get_vocab(), do_lower_case=True)
+        ordered = _canonical_order(list(tok.get_vocab()), specials, set(corpus))
+        return BertTokenizerFast(vocab={token: i for i, token in enumerate(ordered)}, do_lower_case=True)
     if arch == "xlm-roberta":
         from transformers import XLMRobertaTokenizerFast
 
@@ -59,14 +60,30 @@ def train_tokenizer(arch: str, words: Iterable[str] = WORDS, vocab_size: int = 2
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<unk>"], unk_token="<unk>")
         tok.train_from_iterator(corpus, trainer)
-        pieces = (
+        trained = (
             [(p, s) for p, s in tok.get_model_vocab_scores() if p != "<unk>"]
             if hasattr(tok, "get_model_vocab_scores")
             else _unigram_pieces(tok)
         )
+        # Scores differ in the last digits from run to run; rounded, the same words tokenize the same.
+        scores = {piece: round(score, 3) for piece, score in trained}
+        order = _canonical_order(list(scores), [], {"\u2581" + word.lower() for word in corpus})
+        pieces = [(piece, scores[piece]) for piece in order]
         vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces, ("<mask>", 0.0)]
         return XLMRobertaTokenizerFast(vocab=vocab)
     raise ValueError(f"arch must be 'bert' or 'xlm-roberta', got {arch!r}")
+
+
+def _canonical_order(tokens: list[str], specials: list[str], words: set[str]) -> list[str]:
+    """Specials, then whole words, then other pieces, each sorted.
+
+    The trainers number tokens in hash-map order, and which intermediate pieces they keep varies
+    between processes; numbering the words the same way every time is what lets one seed give
+    one model.
+    """
+    rest = [token for token in tokens if token not in specials]
+    whole = sorted(token for token in rest if token in words)
+    return [*specials, *whole, *sorted(token for token in rest if token not in words)]
 
 
 def _unigram_pieces(tok) -> list[tuple[str, float]]:  # noqa: ANN001
@@ -87,7 +104,9 @@ def _model_config(
     num_labels: int,
     vocab_size: int | None,
 ):  # noqa: ANN202
-    vocab = max(vocab_size or 0, len(tokenizer))
+    # Rounded up so that the embedding table, initialised first, draws the same number of random
+    # values whatever the trainer's intermediate pieces: the rest of the model then gets the same weights.
+    vocab = max(vocab_size or 0, -(-len(tokenizer) // 64) * 64)
     if arch == "bert":
         from transformers import BertConfig
 
@@ -212,6 +231,10 @@ def install_in_hub_cache(
     return snapshot
 
 
+KEYWORD_MARGIN = 2.5  # logits: held-out positives above +2.5, negatives below -2.5 (sigmoid 0.92 / 0.08)
+KEYWORD_ROUNDS = 3
+
+
 def train_keyword_reranker(
     folder: str | Path,
     *,
@@ -224,11 +247,17 @@ def train_keyword_reranker(
 ) -> Path:
     """Train a tiny BERT cross-encoder to score documents that contain ``keyword`` high.
 
-    A few hundred AdamW steps (about 15 s on 2 CPU cores) give logits around +/-5: a model with a
-    real, known signal for tests about ranking, chunking and precision.
+    A few hundred AdamW steps (about 15 s on 2 CPU cores) give logits around +/-6: a model with a
+    real, known signal for tests about ranking, chunking and precision. Each round warms up, then
+    decays the learning rate, with clipped gradients (a constant rate sometimes learned the task,
+    then diverged to a constant output). After each round the model must separate 512 held-out
+    pairs by :data:`KEYWORD_MARGIN`; training goes on for up to :data:`KEYWORD_ROUNDS` rounds.
 
     Returns:
         The folder holding the trained model.
+
+    Raises:
+        RuntimeError: The model still did not separate the held-out pairs.
     """
     import torch
 
@@ -240,19 +269,52 @@ def train_keyword_reranker(
     rng = random.Random(seed)
     torch.manual_seed(seed)
     vocabulary = [w for w in WORDS if w != keyword]
+    held_out = _keyword_batch(random.Random(seed + 1_000_003), vocabulary, keyword, max_words, size=512)
+    for _ in range(KEYWORD_ROUNDS):
+        _keyword_round(model, tokenizer, lambda: _keyword_batch(rng, vocabulary, keyword, max_words, size=32), steps)
+        lowest_positive, highest_negative = _keyword_separation(model, tokenizer, held_out)
+        if lowest_positive > KEYWORD_MARGIN and highest_negative < -KEYWORD_MARGIN:
+            model.save_pretrained(folder)
+            return folder
+    raise RuntimeError(
+        f"the keyword model did not learn '{keyword}' in {KEYWORD_ROUNDS} x {steps} steps: held-out positives "
+        f"reach down to {lowest_positive:.2f} and negatives up to {highest_negative:.2f} (logits)"
+    )
+
+
+def _keyword_round(model, tokenizer, next_batch, steps: int) -> None:  # noqa: ANN001
+    import torch
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    warmup = max(1, steps // 15)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / steps)
+    )
     model.train()
     for _ in range(steps):
-        queries, docs, labels = _keyword_batch(rng, vocabulary, keyword, max_words, size=32)
+        queries, docs, labels = next_batch()
         features = tokenizer(queries, docs, truncation=True, max_length=256, padding=True, return_tensors="pt")
         logits = model(**features).logits.squeeze(-1)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(labels))
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
     model.eval()
-    model.save_pretrained(folder)
-    return folder
+
+
+def _keyword_separation(model, tokenizer, batch: tuple[list[str], list[str], list[float]]) -> tuple[float, float]:  # noqa: ANN001
+    """(lowest logit of a positive, highest logit of a negative) over ``batch``."""
+    import torch
+
+    queries, docs, labels = batch
+    with torch.inference_mode():
+        features = tokenizer(queries, docs, truncation=True, max_length=256, padding=True, return_tensors="pt")
+        logits = model(**features).logits.squeeze(-1).tolist()
+    positives = [logit for logit, label in zip(logits, labels, strict=True) if label == 1.0]
+    negatives = [logit for logit, label in zip(logits, labels, strict=True) if label == 0.0]
+    return min(positives), max(negatives)
 
 
 def _keyword_batch(
