@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -152,3 +154,21 @@ def test_async_matches_sync(servers: Servers, tiny_bert: Path, reranker: Reranke
     assert [(r.index, r.relevance_score) for r in asynchronous.results] == [
         (r.index, r.relevance_score) for r in sync.results
     ]
+
+
+def test_each_asyncio_run_closes_its_connections(servers: Servers, tiny_bert: Path) -> None:
+    # Each asyncio.run() is a new loop with its own pooled client; ending the loop must close it
+    # (python -X dev reports a leaked connection as "unclosed transport").
+    tei = servers.tei(tiny_bert)
+    script = (
+        "import asyncio, gc, sys, dheera_local\n"
+        "for _ in range(3):\n"
+        "    asyncio.run(dheera_local.arerank(sys.argv[1], 'q', ['a', 'b'], api_base=sys.argv[2], cache=False))\n"
+        "    gc.collect()\n"
+        "print('scored')\n"
+    )
+    command = [sys.executable, "-X", "dev", "-W", "always::ResourceWarning", "-c", script, MODEL, tei.url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "scored" in done.stdout, done.stderr[-2000:]
+    assert "unclosed" not in done.stderr, done.stderr[-2000:]
+    assert tei.paths().count("POST /rerank") == 3

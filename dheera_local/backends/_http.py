@@ -85,7 +85,8 @@ class HttpClients:
         self._transport = transport
         self._async_transport = async_transport
         self._sync: httpx.Client | None = None
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+        # Per loop: the client and the async generator that closes it when the loop shuts down.
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, Any]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
@@ -98,17 +99,24 @@ class HttpClients:
                 )
             return self._sync
 
-    def async_(self) -> httpx.AsyncClient:
-        # Pooled connections belong to the loop that opened them, so each loop gets its own client.
+    async def async_client(self) -> httpx.AsyncClient:
+        """This event loop's client. Pooled connections belong to the loop that opened them."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._async.get(loop)
-            if client is None:
+            entry = self._async.get(loop)
+            if entry is None:
                 client = httpx.AsyncClient(
                     transport=self._async_transport, limits=httpx.Limits(max_connections=64), follow_redirects=False
                 )
-                self._async[loop] = client
-            return client
+                entry = self._async[loop] = (client, _close_at_loop_shutdown(client))
+                started = False
+            else:
+                started = True
+        if not started:
+            # A started async generator is registered with the loop: asyncio.run() (and uvicorn)
+            # close it at shutdown, which closes the client's connections instead of leaking them.
+            await entry[1].__anext__()
+        return entry[0]
 
     def close(self) -> None:
         with self._lock:
@@ -119,9 +127,17 @@ class HttpClients:
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._async.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+            entry = self._async.pop(loop, None)
+        if entry is not None:
+            await entry[1].aclose()
+            await entry[0].aclose()  # if the generator never started, its finally did not run
+
+
+async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> Any:
+    try:
+        yield
+    finally:
+        await client.aclose()
 
 
 def send(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
@@ -156,7 +172,8 @@ async def asend(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
         attempt += 1
         timeout = policy.timeout(call.timeout, policy.deadline - (time.monotonic() - started))
         try:
-            response = await clients.async_().request(
+            client = await clients.async_client()
+            response = await client.request(
                 call.method, call.url, json=call.json_body, headers=_headers(call), timeout=timeout
             )
             return decode(call, response)
