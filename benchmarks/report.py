@@ -65,6 +65,7 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], notes: list[st
         "fidelity": ("Fidelity against fp32 on the same pairs (trained body)", "vs ST"),
         "server": ("Servers under concurrent clients (same pairs)", "vs in-process"),
         "quality": ("Ranking quality on NovelEval (real model)", "vs ST"),
+        "batch": ("File scoring, every pair of a JSONL file, end to end", "vs ST"),
     }
     header = (
         "| system | model | precision | pairs/s | {ratio} | p50 ms | p95 ms | peak MB | % of peak "

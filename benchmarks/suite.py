@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--infinity-venv", type=Path, default=HERE.parent / ".bench-venv-infinity")
     parser.add_argument("--no-infinity", action="store_true", help="skip the infinity-emb peer")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the server rows")
-    parser.add_argument("--only", help="comma-separated sections: speed,fidelity,server,cache,remote,real")
+    parser.add_argument("--only", help="comma-separated sections: speed,fidelity,server,cache,remote,batch,real")
     return parser.parse_args()
 
 
@@ -340,6 +340,33 @@ class Suite:
         if "sequential_wall" in row:
             row["speedup_vs_sequential"] = row["sequential_wall"] / row["wall"]
 
+    def file_scoring(self, model: Path, label: str) -> None:
+        """Every pair of a JSONL file, end to end: ``dheera-local score`` vs CrossEncoder.predict."""
+        rounds = 1 if self.quick else 5
+        base = self.batch_big.requests
+        # Round k pairs each query with the candidates of the k-th next query: no pair repeats, since
+        # dheera_local scores a repeated pair once (that would flatter it).
+        requests = [
+            Request(r.query_id, r.query, base[(i + k) % len(base)].doc_ids, base[(i + k) % len(base)].documents)
+            for k in range(rounds)
+            for i, r in enumerate(base)
+        ]
+        pairs = len({(r.query, d) for r in requests for d in r.documents})
+        workload = Workload("file", f"{pairs} distinct pairs (NovelEval queries x candidates)", requests)
+        spec = {"model": str(model), "requests": requests_of(workload)}
+        runs = [
+            ("st-pairs", {}, "sentence-transformers CrossEncoder.predict (load + predict)"),
+            ("ours-score", {}, "dheera-local score (process start to file written)"),
+            ("ours-score", {"args": ["--dtype", "float32"], "precision": "float32"}, "dheera-local score, float32"),
+        ]
+        for system, extra, name in runs:
+            row = run_system(system, {**spec, **extra}, name)
+            row.update(section="batch", model=label, workload=workload.name, requests=len(requests))
+            if "wall" in row:
+                row["pairs_per_s"] = pairs / row["wall"]
+            row.pop("logits", None)  # twin weights: their scores say nothing
+            self.rows.append(row)
+
     def real(self, model: Path) -> None:
         label = model.name
         self.speed(model, label)
@@ -357,7 +384,7 @@ class Suite:
 
 def main() -> None:
     args = parse_args()
-    sections = set((args.only or "speed,fidelity,server,cache,remote,real").split(","))
+    sections = set((args.only or "speed,fidelity,server,cache,remote,batch,real").split(","))
     suite = Suite(args)
     args.models_dir.mkdir(parents=True, exist_ok=True)
     base = twin("bge-reranker-base", args.models_dir, suite.corpus)
@@ -384,6 +411,8 @@ def main() -> None:
         suite.cache(base, "bge-reranker-base twin")
     if "remote" in sections:
         suite.remote()
+    if "batch" in sections:
+        suite.file_scoring(twin("ms-marco-MiniLM-L-6-v2", args.models_dir, suite.corpus), "ms-marco-MiniLM-L-6-v2 twin")
     if "real" in sections:
         for folder in args.model:
             suite.real(Path(folder))

@@ -405,6 +405,52 @@ def run_ours_remote(spec: dict) -> dict:
     return {"latencies": [ours], "wall": ours, "logits": [], "sequential_wall": sequential, "precision": "n/a"}
 
 
+# --- file scoring: every pair of a file, end to end ----------------------------------------------
+
+
+def all_pairs(spec: dict) -> list[tuple[str, str]]:
+    return [(r["query"], d) for r in spec["requests"] for d in r["documents"]]
+
+
+def run_st_pairs(spec: dict) -> dict:
+    """CrossEncoder.predict over every pair in one call (its own batching): import + load + predict, timed."""
+    pairs = all_pairs(spec)
+    started = time.perf_counter()  # imports included, as they are in the CLI's process start
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    encoder = CrossEncoder(spec["model"], device="cpu")
+    logits = encoder.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False).tolist()
+    wall = time.perf_counter() - started
+    return {"wall": wall, "pairs": len(pairs), "logits": [logits], "precision": "float32"}
+
+
+def run_ours_score(spec: dict) -> dict:
+    """``dheera-local score`` on a JSONL of every pair, as a user runs it: process start to file written."""
+    pairs = all_pairs(spec)
+    with tempfile.TemporaryDirectory() as scratch:
+        source, target = Path(scratch) / "pairs.jsonl", Path(scratch) / "scored.jsonl"
+        source.write_text("".join(json.dumps({"query": q, "document": d}) + "\n" for q, d in pairs))
+        command = [sys.executable, "-m", "dheera_local.cli", "score", "--model", spec["model"], "--input", str(source),
+                   "--output", str(target), "--no-cache", "-q", *spec.get("args", [])]  # fmt: skip
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak = 0.0
+        while process.poll() is None:  # the child's own peak, read while it runs
+            try:
+                peak = max(peak, peak_rss_mb(process.pid))
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.05)
+        stderr = process.communicate()[1]
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            raise SystemExit(f"dheera-local score failed: {stderr.strip().splitlines()[-1:]}")
+        logits = [json.loads(line)["logit"] for line in target.read_text().splitlines()]
+    return {"wall": wall, "pairs": len(pairs), "logits": [logits], "precision": spec.get("precision", "auto"),
+            "server_peak_rss_mb": peak}  # fmt: skip
+
+
 SYSTEMS = {
     "st": run_st,
     "ours": run_ours,
@@ -412,6 +458,8 @@ SYSTEMS = {
     "ours-server": run_ours_server,
     "infinity": run_infinity,
     "ours-remote": run_ours_remote,
+    "st-pairs": run_st_pairs,
+    "ours-score": run_ours_score,
 }
 
 
