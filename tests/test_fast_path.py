@@ -67,6 +67,16 @@ def test_bf16_fast_path_keeps_the_trained_models_ranking(keyword_model: Path) ->
     assert fast.meta.dheera_local.kernels == expected_kernels
 
 
+def run_without_avx512(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a Python whose oneDNN is capped at AVX2 (no bf16 weight reorder); it must succeed."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=120
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_a_cpu_where_onednn_cannot_pack_bf16_scores_bf16_with_eager_kernels(keyword_model: Path) -> None:
     # oneDNN capped at AVX2 has no bf16 weight reorder (as on CPUs without AVX-512BW): an explicit
     # dtype="bfloat16" must load with eager kernels there, not fail to load.
@@ -75,11 +85,7 @@ def test_a_cpu_where_onednn_cannot_pack_bf16_scores_bf16_with_eager_kernels(keyw
         "r = dheera_local.rerank(sys.argv[1], 'which city', sys.argv[2:], dtype='bfloat16', cache=False)\n"
         "print(json.dumps([r.meta.dheera_local.kernels, [x.index for x in r.results[:3]]]))\n"
     )
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(keyword_model), *DOCS], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_without_avx512(script, str(keyword_model), *DOCS)
     kernels, top = json.loads(done.stdout.strip().splitlines()[-1])
     assert kernels == EAGER
     assert set(top) == {0, 2, 5}
@@ -100,10 +106,7 @@ def test_packing_that_raises_leaves_the_eager_model_intact(tiny_bert: Path) -> N
         "same = torch.equal(model(**features).logits, before)\n"
         "print(kernels, linears, sum(type(m) is torch.nn.Linear for m in model.modules()), same)\n"
     )
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    done = subprocess.run([sys.executable, "-c", script, str(tiny_bert)], env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_without_avx512(script, str(tiny_bert))
     kernels, before, after, same = done.stdout.split()[-4:]
     assert kernels == EAGER and int(before) == int(after) > 0 and same == "True"
     assert "not usable on this machine" in done.stderr

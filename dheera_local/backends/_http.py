@@ -104,19 +104,18 @@ class HttpClients:
         loop = asyncio.get_running_loop()
         with self._lock:
             entry = self._async.get(loop)
-            if entry is None:
-                client = httpx.AsyncClient(
-                    transport=self._async_transport, limits=httpx.Limits(max_connections=64), follow_redirects=False
-                )
-                entry = self._async[loop] = (client, _close_at_loop_shutdown(client))
-                started = False
-            else:
-                started = True
-        if not started:
-            # A started async generator is registered with the loop: asyncio.run() (and uvicorn)
-            # close it at shutdown, which closes the client's connections instead of leaking them.
-            await entry[1].__anext__()
-        return entry[0]
+            if entry is not None:
+                return entry[0]
+            client = httpx.AsyncClient(
+                transport=self._async_transport, limits=httpx.Limits(max_connections=64), follow_redirects=False
+            )
+            closer = _close_at_loop_shutdown(client)
+            self._async[loop] = (client, closer)
+        # A started async generator is registered with the loop: asyncio.run() (and uvicorn) close it
+        # at shutdown, which closes the client's connections instead of leaking them. It runs to its
+        # yield without suspending, so no other task of this loop can see the client before this.
+        await closer.__anext__()
+        return client
 
     def close(self) -> None:
         with self._lock:
