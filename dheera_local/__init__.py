@@ -15,6 +15,7 @@ from ._errors import (
     ModelNotAvailableError,
     OverloadedError,
     RemoteBackendError,
+    ShuttingDownError,
     UnsupportedModelError,
 )
 from ._orchestrator import PairScores, Reranker
@@ -38,6 +39,7 @@ __all__ = [
     "RerankResult",
     "Reranker",
     "RetryPolicy",
+    "ShuttingDownError",
     "UnsupportedModelError",
     "__version__",
     "arerank",

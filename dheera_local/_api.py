@@ -64,7 +64,7 @@ def rerank(
         dtype: Precision for the local backend: ``auto``, ``float32``, ``bfloat16``, ``float16``.
         max_length: Tokens per (query, document) pair; longer pairs are truncated.
         raw_scores: Return logits instead of sigmoid scores.
-        timeout: Seconds to wait for each remote HTTP request.
+        timeout: Seconds one remote HTTP request may take, its whole answer included (retries get their own).
         rank_fields: Fields of object documents to score, joined as ``field: value`` lines.
         max_chunks_per_doc: Score long documents as up to this many windows (max over windows).
         max_tokens_per_doc: Cohere v2 form: score up to this many tokens of each document.

@@ -1,12 +1,23 @@
-"""The on-disk score cache: raw logits keyed by (model identity, max_length, query, document).
+"""The on-disk score cache: raw logits keyed by who computed them and on which pair.
 
-Built on diskcache (SQLite, safe across threads and processes), with two hardenings against
-CVE-2025-69872 (diskcache unpickles values, so whoever can write the folder could run code in
-every reader): keys are strings and values are 8 raw bytes, and :class:`SafeDisk` refuses any
-pickled row it is asked to read. The folder is created owner-only (0700).
+The key is a hash of (model id, revision, max_length, numerics, query, document). *Numerics* names
+what produced the number, so a cache never answers with scores of another precision or endpoint:
+``float32`` for local fp32 on any device (they agree to 1e-5), ``bfloat16/cpu/onednn-packed`` and
+the like for reduced precision, and the endpoint for a remote backend.
+
+Built on diskcache (SQLite, safe across threads and processes). Whoever can write the folder is
+not trusted (CVE-2025-69872: diskcache unpickles values, so that would be code execution in every
+reader):
+
+* keys are strings and values are 8 raw bytes; :class:`SafeDisk` refuses any pickled or file-backed
+  row, and never deletes a file that is not one of diskcache's own inside the cache folder;
+* the ``Settings`` table is checked before diskcache reads it (unknown keys, values that are not
+  numbers, are refused), and every setting, SQLite PRAGMAs included, is ours, not the table's;
+* the folder is created owner-only (0700).
 
 A cache that cannot be opened, read or written never fails a rerank: it logs a warning and the
-call goes on uncached.
+call goes on uncached. One request never stores more than half the size limit, so a huge request
+cannot evict everything else.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import stat
 import struct
@@ -22,22 +34,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import diskcache
-from diskcache.core import MODE_PICKLE, MODE_RAW
+from diskcache.core import DBNAME, DEFAULT_SETTINGS, METADATA, MODE_PICKLE, MODE_RAW
 
 logger = logging.getLogger("dheera_local")
 
 DEFAULT_SIZE_LIMIT = 2 * 1024**3
-_KEY_VERSION = 1
+_KEY_VERSION = 2
 _LOGIT = struct.Struct(">d")
 _KEYS_PER_SELECT = 500
+# Bytes one entry takes on disk (measured: ~220 with SQLite's index), to size writes against the limit.
+ENTRY_BYTES = 256
+# The names diskcache gives its value files (``ab/cd/<28 hex>.val``); any other name is planted.
+_OWN_FILE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val$")
 
 
 class PickledRowRefused(OSError):
-    """A cache row holds a pickle; diskcache treats an OSError from fetch as a miss."""
+    """A cache row holds a pickle or a file; diskcache treats an OSError from fetch as a miss."""
+
+
+class CorruptSettings(OSError):
+    """The cache's Settings table holds something diskcache would paste into SQL or pass to Disk()."""
 
 
 class SafeDisk(diskcache.Disk):
-    """A diskcache Disk that stores raw bytes only and refuses to unpickle anything."""
+    """A diskcache Disk that stores raw bytes only, never unpickles or opens a file, and deletes
+    only its own value files."""
 
     def store(self, value, read, key=diskcache.core.UNKNOWN):  # noqa: ANN001, ANN201 (diskcache's signature)
         if not isinstance(value, bytes):
@@ -45,9 +66,9 @@ class SafeDisk(diskcache.Disk):
         return super().store(value, read, key=key)
 
     def fetch(self, mode, filename, value, read):  # noqa: ANN001, ANN201
-        if mode == MODE_PICKLE:
-            logger.warning("score cache: refusing a pickled row (someone wrote it outside dheera_local)")
-            raise PickledRowRefused("pickled row refused")
+        if mode != MODE_RAW or filename is not None:
+            _warn_refused(mode)
+            raise PickledRowRefused("row refused")
         return super().fetch(mode, filename, value, read)
 
     def get(self, key, raw):  # noqa: ANN001, ANN201
@@ -55,14 +76,80 @@ class SafeDisk(diskcache.Disk):
             raise PickledRowRefused("pickled key refused")
         return super().get(key, raw)
 
+    def remove(self, file_path):  # noqa: ANN001, ANN201
+        # diskcache deletes a replaced or cleared row's file, and the folders it leaves empty: a
+        # planted absolute or ../ filename would point that at any file of this user.
+        if not isinstance(file_path, str) or not _OWN_FILE.match(file_path.replace(os.sep, "/")):
+            logger.warning("score cache: not deleting %r, which is not a file of this cache (a planted row)", file_path)
+            return
+        super().remove(file_path)
+
+
+def _warn_refused(mode: object) -> None:
+    kind = "pickled" if mode == MODE_PICKLE else "file-backed or non-raw"
+    logger.warning("score cache: refusing a %s row (someone wrote it outside dheera_local)", kind)
+
+
+# Every setting diskcache reads from its Settings table, with our value: passed explicitly, so a
+# planted value never takes effect. METADATA rows are counters that must stay numbers.
+_SETTINGS: dict[str, object] = {**DEFAULT_SETTINGS, "eviction_policy": "least-recently-stored", "statistics": 0}
+
+
+class _HardenedCache(diskcache.Cache):
+    """diskcache.Cache whose new connections apply our PRAGMAs, not those read from the Settings table."""
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        # diskcache.Cache._con (5.6) re-reads the Settings table on each new thread's connection and
+        # pastes every ``sqlite_*`` value into ``PRAGMA name = value``. Same, with our values.
+        local_pid = getattr(self._local, "pid", None)
+        if local_pid != os.getpid():
+            self.close()
+            self._local.pid = os.getpid()
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = sqlite3.connect(
+                os.path.join(self._directory, DBNAME), timeout=self._timeout, isolation_level=None
+            )
+            for key, value in _SETTINGS.items():
+                if key.startswith("sqlite_"):
+                    self.reset(key, value, update=False)
+        return con
+
+
+def check_settings_table(directory: Path) -> None:
+    """Raise CorruptSettings when the existing database's Settings table holds a key diskcache does not
+    know (it would reach ``Disk(**kwargs)`` or a PRAGMA) or a counter that is not a number."""
+    path = directory / DBNAME
+    if not path.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as con:
+            rows = con.execute("SELECT key, value FROM Settings").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return
+        raise
+    for key, value in rows:
+        if key in METADATA:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise CorruptSettings(f"Settings.{key} is {value!r}, not a number")
+        elif key not in _SETTINGS:
+            raise CorruptSettings(f"Settings holds an unknown key {str(key)[:40]!r}")
+
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What makes two scores interchangeable: the same weights, read the same way."""
+    """What makes two scores interchangeable: the same weights, read the same way, by the same numerics.
+
+    ``numerics`` is ``float32`` for local fp32 (any device), ``<dtype>/<device>/<kernels>`` for local
+    reduced precision, ``<backend>:<endpoint>`` for a remote one; empty while not yet decided.
+    """
 
     model_id: str
     revision: str
     max_length: int
+    numerics: str = ""
 
 
 def cache_key(identity: ModelIdentity, query: str, document: str) -> str:
@@ -71,20 +158,30 @@ def cache_key(identity: ModelIdentity, query: str, document: str) -> str:
 
 
 class KeyMaker:
-    """Keys for one model identity: the identity is hashed once, each pair costs one hash update.
+    """Keys for one model identity: the identity is hashed once, each query once, each pair costs one
+    hash update of its document.
 
     Every field is length-prefixed, so field boundaries are unambiguous.
     """
 
     def __init__(self, identity: ModelIdentity) -> None:
         self._prefix = hashlib.sha256()
-        fields = (str(_KEY_VERSION), identity.model_id.lower(), identity.revision, str(identity.max_length))
+        fields = (
+            str(_KEY_VERSION), identity.model_id.lower(), identity.revision, str(identity.max_length),
+            identity.numerics,
+        )  # fmt: skip
         for value in fields:
             self._prefix.update(_field(value))
+        self._query: str | None = None
+        self._with_query = self._prefix
 
     def __call__(self, query: str, document: str) -> str:
-        digest = self._prefix.copy()
-        digest.update(_field(query))
+        if query is not self._query and query != self._query:
+            # A request repeats one (possibly long) query beside every document: hash it once.
+            self._with_query = self._prefix.copy()
+            self._with_query.update(_field(query))
+            self._query = query
+        digest = self._with_query.copy()
         digest.update(_field(document))
         return digest.hexdigest()
 
@@ -119,8 +216,16 @@ class ScoreCache:
     def __init__(self, directory: Path, size_limit: int | None = None) -> None:
         self.directory = directory
         _make_private_dir(directory)
-        self._cache = diskcache.Cache(str(directory), disk=SafeDisk, size_limit=size_limit or _size_limit(), timeout=10)
+        check_settings_table(directory)
+        settings = {**_SETTINGS, "size_limit": size_limit or _size_limit()}
+        self._cache = _HardenedCache(str(directory), disk=SafeDisk, timeout=10, **settings)
         self._warned_write = False
+        self._warned_size = False
+
+    @property
+    def max_entries_per_write(self) -> int:
+        """Entries one request may store: half the size limit, so it cannot evict everything else."""
+        return max(self._cache.size_limit // (2 * ENTRY_BYTES), 1)
 
     def get_many(self, keys: list[str]) -> dict[str, float]:
         """The cached logits among ``keys``; unreadable rows count as misses.
@@ -139,11 +244,12 @@ class ScoreCache:
 
     def _select(self, keys: list[str]) -> dict[str, float]:
         marks = ",".join("?" * len(keys))
-        rows = self._cache._sql(f"SELECT key, raw, mode, value FROM Cache WHERE key IN ({marks})", keys).fetchall()
+        query = f"SELECT key, raw, mode, filename, value FROM Cache WHERE key IN ({marks})"
+        rows = self._cache._sql(query, keys).fetchall()
         found = {}
-        for key, raw, mode, value in rows:
-            if not raw or mode != MODE_RAW:
-                logger.warning("score cache: refusing a pickled row (someone wrote it outside dheera_local)")
+        for key, raw, mode, filename, value in rows:
+            if not raw or mode != MODE_RAW or filename is not None:
+                _warn_refused(mode)
                 continue
             if isinstance(value, bytes) and len(value) == _LOGIT.size:
                 found[key] = _LOGIT.unpack(value)[0]
@@ -153,6 +259,9 @@ class ScoreCache:
         """Store logits in one transaction; a full or read-only disk only logs a warning."""
         if not logits:
             return
+        if len(logits) > self.max_entries_per_write:
+            self._warn_size(len(logits))
+            logits = dict(list(logits.items())[: self.max_entries_per_write])
         try:
             with self._cache.transact(retry=True):
                 for key, logit in logits.items():
@@ -161,6 +270,15 @@ class ScoreCache:
             if not self._warned_write:
                 logger.warning("score cache %s could not be written (%s); results are not cached", self.directory, exc)
                 self._warned_write = True
+
+    def _warn_size(self, count: int) -> None:
+        if not self._warned_size:
+            logger.warning(
+                "score cache %s: a request of %d new scores would not fit beside the others "
+                "(size limit %d bytes); storing its first %d. Raise DHEERA_CACHE_SIZE_LIMIT to keep more",
+                self.directory, count, self._cache.size_limit, self.max_entries_per_write,
+            )  # fmt: skip
+            self._warned_size = True
 
     def stats(self) -> dict[str, object]:
         """Entries, bytes on disk and limits."""
@@ -207,7 +325,8 @@ def is_cache_open(directory: Path | None = None) -> bool:
 def open_cache(directory: Path | None = None) -> ScoreCache | None:
     """The process-wide cache for ``directory`` (default: :func:`default_cache_dir`), or None.
 
-    None (after a warning) when the folder cannot be created or its database cannot be opened.
+    None (after a warning) when the folder cannot be created or its database cannot be opened or
+    is corrupt.
     """
     directory = _cache_key_path(directory)
     with _open_lock:
@@ -215,7 +334,8 @@ def open_cache(directory: Path | None = None) -> ScoreCache | None:
         if cache is None:
             try:
                 cache = ScoreCache(directory)
-            except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            # TypeError, KeyError, ValueError: what diskcache raises on a Settings table it cannot use.
+            except (sqlite3.Error, OSError, diskcache.Timeout, TypeError, KeyError, ValueError) as exc:
                 logger.warning("score cache %s cannot be opened (%s); scoring without a cache", directory, exc)
                 return None
             _open_caches[directory] = cache

@@ -11,17 +11,24 @@ Every error the library raises on purpose derives from :class:`DheeraError`::
     │   └── RemoteBackendError     an HTTP endpoint failed (status, url, server message)
     ├── AllBackendsFailedError     every candidate backend failed; lists what was tried
     ├── OverloadedError            a bounded queue is full; retry after ``retry_after`` seconds
+    │   └── ShuttingDownError      the queue is closing (the server answers 503)
     └── ConfigError                a bad server config.yaml; names the key path
 
 Foreign exceptions (torch, httpx, huggingface_hub) are translated where they are caught and
-chained with ``raise ... from exc``; messages never contain tokens or API keys.
+chained with ``raise ... from exc``. Every message is masked as it is made (:mod:`._secrets`): no
+token, API key or master key in use appears in one.
 """
 
 from __future__ import annotations
 
+from ._secrets import mask
+
 
 class DheeraError(Exception):
-    """Base class of every error dheera_local raises on purpose."""
+    """Base class of every error dheera_local raises on purpose. Messages are masked (no secrets)."""
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(mask(str(message)), *args)
 
 
 class InvalidRequestError(DheeraError, ValueError):
@@ -105,6 +112,10 @@ class OverloadedError(DheeraError):
         self.retry_after = retry_after
 
 
+class ShuttingDownError(OverloadedError):
+    """The micro-batch queue is closing: the request was not (or will not be) scored."""
+
+
 class ConfigError(DheeraError):
     """A configuration file or value is invalid. ``path`` is the key path, e.g. ``model_list[1].model``."""
 
@@ -123,5 +134,6 @@ __all__ = [
     "ModelNotAvailableError",
     "OverloadedError",
     "RemoteBackendError",
+    "ShuttingDownError",
     "UnsupportedModelError",
 ]

@@ -21,7 +21,7 @@ import httpx
 
 from ._cache import KeyMaker, ScoreCache, is_cache_open, open_cache
 from ._chunking import ChunkSettings, TokenCounter, counter_for, document_windows, is_counter_loaded
-from ._errors import AllBackendsFailedError, BackendError
+from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
 from ._model_ref import parse_model
 from ._request import RerankOptions, RerankRequest, build_options, build_request
 from ._response import BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy
@@ -60,25 +60,45 @@ class PairScores:
 
 @dataclass
 class _Work:
-    """Pairs in flight: each unique pair's cache key, and the logits found so far."""
+    """Pairs in flight: the unique pairs, their cache keys, and the logits found so far.
+
+    ``keys`` are under the cache identity of candidate ``keyed_index`` (the one expected to serve);
+    a fallback that serves stores under its own identity.
+    """
 
     plan: Plan
     cache: ScoreCache | None
-    keys: dict[Pair, str]
-    logits: dict[Pair, float]
+    pairs: list[Pair]
+    logits: dict[Pair, float] = field(default_factory=dict)
+    keys: dict[Pair, str] = field(default_factory=dict)
+    keyed_index: int | None = None
     cache_hits: int = 0
     backend: Backend | None = None
     failures: list[tuple[str, BackendError]] = field(default_factory=list)
 
     @property
     def misses(self) -> list[Pair]:
-        return [pair for pair in self.keys if pair not in self.logits]
+        return [pair for pair in self.pairs if pair not in self.logits]
 
-    def store(self, pairs: list[Pair], logits: list[float]) -> None:
+    @property
+    def untried(self) -> list[tuple[int, Backend]]:
+        """The candidates neither tried nor ruled out yet, with their index in the plan."""
+        return list(enumerate(self.plan.candidates))[len(self.failures) :]
+
+    def store(self, index: int, pairs: list[Pair], logits: list[float]) -> None:
+        """Keep what candidate ``index`` scored, and cache it under that candidate's identity."""
         fresh = dict(zip(pairs, logits, strict=True))
         self.logits.update(fresh)
-        if self.cache is not None:
-            self.cache.set_many({self.keys[pair]: logit for pair, logit in fresh.items()})
+        if self.cache is None:
+            return
+        keys = self.keys
+        if index != self.keyed_index:
+            try:
+                make = KeyMaker(self.plan.cache_identity(index))
+            except BackendError:
+                return  # a candidate whose numerics cannot be named is not cached
+            keys = {pair: make(*pair) for pair in fresh}
+        self.cache.set_many({keys[pair]: logit for pair, logit in fresh.items()})
 
     def served_by(self) -> ServedBy:
         details = self.backend.describe() if self.backend is not None else {}
@@ -86,7 +106,7 @@ class _Work:
             backend=self.backend.name if self.backend is not None else "cache",
             model=self.plan.identity.model_id,
             cache_hits=self.cache_hits,
-            scored=len(self.keys) - self.cache_hits,
+            scored=len(self.pairs) - self.cache_hits,
             fallbacks=[name for name, _ in self.failures],
             device=details.get("device"),
             dtype=details.get("dtype"),
@@ -188,25 +208,37 @@ class Reranker:
         return self._lookup(self.selector.plan(ref, options), options, pairs)
 
     def _lookup(self, plan: Plan, options: RerankOptions, pairs: list[Pair]) -> _Work:
-        key = KeyMaker(plan.identity)
-        keys = {pair: key(*pair) for pair in dict.fromkeys(pairs)}
         cache = open_cache(options.cache_dir) if options.use_cache else None
-        found = cache.get_many(list(keys.values())) if cache is not None else {}
-        logits = {pair: found[key] for pair, key in keys.items() if key in found}
-        return _Work(plan, cache, keys, logits, cache_hits=len(logits))
+        work = _Work(plan, cache, list(dict.fromkeys(pairs)))
+        if cache is None:
+            return work
+        for index, backend in work.untried:
+            try:
+                identity = plan.cache_identity(index)  # a local model in reduced precision loads here
+            except BackendError as exc:
+                _record_failure(work, backend, exc)
+                continue
+            key = KeyMaker(identity)
+            work.keys = {pair: key(*pair) for pair in work.pairs}
+            work.keyed_index = index
+            found = cache.get_many(list(work.keys.values()))
+            work.logits = {pair: found[key] for pair, key in work.keys.items() if key in found}
+            work.cache_hits = len(work.logits)
+            break
+        return work
 
     def _fill(self, work: _Work) -> None:
         misses = work.misses
         if not misses:
             return
-        for backend in work.plan.candidates:
+        for index, backend in work.untried:
             try:
                 logits = score_pairs(backend, misses)
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue
             work.backend = backend
-            work.store(misses, logits)
+            work.store(index, misses, logits)
             return
         raise _all_failed(work)
 
@@ -214,14 +246,14 @@ class Reranker:
         misses = work.misses
         if not misses:
             return
-        for backend in work.plan.candidates:
+        for index, backend in work.untried:
             try:
                 logits = await ascore_pairs(backend, misses)
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue
             work.backend = backend
-            await asyncio.to_thread(work.store, misses, logits)
+            await asyncio.to_thread(work.store, index, misses, logits)
             return
         raise _all_failed(work)
 
@@ -249,6 +281,8 @@ def _all_failed(work: _Work) -> AllBackendsFailedError:
             f"Fix: run `dheera-local pull {model}` while online to score locally, "
             "check HF_TOKEN / api_key, or pass api_base for your own endpoint"
         )
+    elif all(isinstance(error, LocalBackendError) for _, error in work.failures):
+        hint = "Fix: check the model folder, device and dtype above, or pass api_base to fall back to an endpoint"
     else:
         hint = "Fix: check the endpoint and api_key above, or pass backend='local' / 'remote' to choose one"
     return AllBackendsFailedError(f"every backend failed for {model}: {tried}. {hint}", work.failures)
@@ -259,6 +293,8 @@ def _prepared_quickly(request: RerankRequest, plan: Plan) -> bool:
     options = request.options
     if options.use_cache and not is_cache_open(options.cache_dir):
         return False
+    if options.use_cache and plan.local is not None and not plan.local.numerics_known():
+        return False  # naming the cache identity loads the model
     chunking = request.max_chunks_per_doc is not None or request.max_tokens_per_doc is not None
     return not chunking or plan.local is None or is_counter_loaded(plan.local.weights.path)
 

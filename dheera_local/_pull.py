@@ -9,6 +9,7 @@ from ._catalog import lookup
 from ._discovery import LocalWeights, find_in_hub_cache, hub_cache_dir, hub_offline, missing_files
 from ._errors import ModelNotAvailableError, UnsupportedModelError
 from ._model_ref import ModelKind, parse_model
+from ._secrets import quote
 
 # What the local backend reads; ONNX/OpenVINO exports and training files stay on the hub.
 _ALWAYS = ["*.json", "*.txt", "*.model", "*.tiktoken"]
@@ -67,7 +68,7 @@ def pull(model: str, revision: str | None = None) -> LocalWeights:
             hub_id, revision=revision, cache_dir=str(hub_cache_dir()), allow_patterns=_ALWAYS + _weight_patterns(files)
         )
     except Exception as exc:  # huggingface_hub and httpx raise many types; all mean "not downloaded"
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        reason = quote(" ".join(str(exc).split()), 200) or type(exc).__name__
         raise ModelNotAvailableError(f"cannot download {hub_id} ({reason}); {offline_hint(hub_id)}") from exc
     weights = find_in_hub_cache(hub_id)
     if weights is None:

@@ -14,11 +14,17 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from . import _secrets as secrets
 from ._errors import InvalidRequestError
 from ._model_ref import ModelRef, parse_model
 
 BACKENDS = ("auto", "local", "remote")
 MIN_MAX_LENGTH = 8
+# A query is cut to the model's window anyway (1,024 tokens at most by default, 8,192 positions for
+# the longest models); a longer one only costs memory, time and upload (HF hosted repeats it per pair).
+MAX_QUERY_CHARS = 100_000
+# Structured documents are flat records; deeper nesting only serves to exhaust a recursive parser.
+MAX_DOCUMENT_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,32 @@ def build_options(
 def _query(query: object) -> str:
     if not isinstance(query, str):
         raise InvalidRequestError(f"query must be a string, got {type(query).__name__}", field="query")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidRequestError(
+            f"query is {len(query):,} characters; the limit is {MAX_QUERY_CHARS:,} (the model reads at most "
+            "max_length tokens of it). Send a shorter query",
+            field="query",
+        )
     if not query.strip():
         raise InvalidRequestError("query must not be empty or only whitespace", field="query")
+    check_text(query, "query")
     return query
+
+
+def check_text(text: str, name: str, index: int | None = None) -> None:
+    """Raise InvalidRequestError unless ``text`` can be encoded as UTF-8 (no lone surrogates)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        where = name if index is None else f"{name}[{index}]"
+        raise InvalidRequestError(
+            f"{where} is not valid Unicode: a lone surrogate {text[exc.start]!r} at character {exc.start} "
+            "(invalid UTF-8 decoded with surrogateescape, or a broken \\ud800-style escape). Send UTF-8 text",
+            field=name,
+            index=index,
+        ) from None
 
 
 def _documents(documents: object) -> list[str | dict[str, Any]]:
@@ -153,7 +182,9 @@ def _rank_fields(rank_fields: object) -> list[str] | None:
 
 def _text_of(doc: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
     if isinstance(doc, str):
+        check_text(doc, "documents", index)
         return doc
+    _check_object(doc, index)
     if rank_fields is None:
         text = doc.get("text")
         if not isinstance(text, str):
@@ -175,6 +206,22 @@ def _text_of(doc: str | dict[str, Any], index: int, rank_fields: list[str] | Non
 
 def _field_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _check_object(doc: dict[str, Any], index: int) -> None:
+    """Every string of an object document is valid Unicode, and it nests at most MAX_DOCUMENT_DEPTH deep
+    (it may be scored as JSON and is returned whole)."""
+    pending: list[tuple[object, int]] = [(doc, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            check_text(value, "documents", index)
+        elif isinstance(value, (dict, list, tuple)):
+            if depth > MAX_DOCUMENT_DEPTH:
+                message = f"documents[{index}] nests more than {MAX_DOCUMENT_DEPTH} levels deep"
+                raise InvalidRequestError(message, field="documents", index=index)
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else list(value)
+            pending.extend((item, depth + 1) for item in items)
 
 
 def _optional_int(value: object, name: str, *, minimum: int) -> int | None:
@@ -221,9 +268,11 @@ def _api_key(value: object) -> SecretStr | None:
     if value is None or value == "":
         return None
     if isinstance(value, SecretStr):
+        secrets.register(value.get_secret_value())
         return value
     if not isinstance(value, str):
         raise InvalidRequestError("api_key must be a string", field="api_key")
+    secrets.register(value)
     return SecretStr(value)
 
 

@@ -9,8 +9,9 @@ tried; the orchestrator falls back along it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._cache import ModelIdentity
 from ._catalog import lookup
@@ -27,11 +28,22 @@ DEFAULT_MAX_LENGTH = 512
 
 @dataclass
 class Plan:
-    """What will serve a request: the cache identity and the backends to try, in order."""
+    """What will serve a request: the model's identity and the backends to try, in order.
+
+    ``identity`` is the model as planned (its local weights' revision when they are here).
+    ``bases[i]`` is the identity candidate ``i`` scores under (local weights, or the remote model);
+    :meth:`cache_identity` completes it with that backend's numerics.
+    """
 
     identity: ModelIdentity
     candidates: list[Backend]
     local: LocalBackend | None = None
+    bases: list[ModelIdentity] = field(default_factory=list)
+
+    def cache_identity(self, index: int) -> ModelIdentity:
+        """What candidate ``index``'s scores are cached under. May load a local model (reduced
+        precision: its kernels are part of the numerics); raises BackendError when that fails."""
+        return dataclasses.replace(self.bases[index], numerics=self.candidates[index].numerics())
 
 
 class Selector:
@@ -48,6 +60,8 @@ class Selector:
         weights = find_local_weights(ref)
         max_length = options.max_length or _default_max_length(ref, weights)
         local = None
+        remote_identity = ModelIdentity(ref.hub_id or ref.text, "remote", max_length)
+        identity = remote_identity
         if weights is not None:
             local = LocalBackend(
                 weights,
@@ -57,18 +71,19 @@ class Selector:
                 batch_tokens=options.batch_tokens,
             )
             identity = ModelIdentity(weights.model_id, weights.revision, max_length)
-        else:
-            identity = ModelIdentity(ref.hub_id or ref.text, "remote", max_length)
         candidates: list[Backend] = []
+        bases: list[ModelIdentity] = []
         if options.backend in ("auto", "local") and local is not None:
             candidates.append(self.local_wrapper(local) if self.local_wrapper else local)
+            bases.append(identity)
         if options.backend in ("auto", "remote") and ref.kind is ModelKind.HUB:
             remote = self._hub_remote(ref, options)
             if remote is not None:
                 candidates.append(remote)
+                bases.append(remote_identity)
         if not candidates:
             raise ModelNotAvailableError(_not_available_message(ref, options))
-        return Plan(identity, candidates, local)
+        return Plan(identity, candidates, local, bases)
 
     def _hub_remote(self, ref: ModelRef, options: RerankOptions) -> Backend | None:
         assert ref.hub_id is not None
@@ -86,7 +101,7 @@ class Selector:
             raise ModelNotAvailableError(_not_available_message(ref, options))
         backend = self.remote.cohere(options.api_base, ref.name, options.api_key, options.timeout)
         identity = ModelIdentity(f"{options.api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0)
-        return Plan(identity, [backend])
+        return Plan(identity, [backend], bases=[identity])
 
 
 def _refuse_non_cross_encoders(ref: ModelRef) -> None:

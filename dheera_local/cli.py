@@ -92,7 +92,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, help="tokens per (query, document) pair")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the score cache")
     parser.add_argument("--cache-dir", help="score cache folder")
-    parser.add_argument("--timeout", type=float, help="seconds per remote request")
+    parser.add_argument("--timeout", type=float, help="seconds one remote request may take, answer included")
 
 
 def _add_rerank(commands: Any) -> None:
@@ -180,17 +180,18 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 def _read_documents(args: argparse.Namespace) -> list[Any]:
     if args.documents:
         return list(args.documents)
+    # Bytes that are not UTF-8 are kept as lone surrogates, so validation names the document they are in.
     if args.documents_file:
         path = Path(args.documents_file)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes().decode("utf-8", "surrogateescape")
         except OSError as exc:
             raise InvalidRequestError(
                 f"cannot read --documents-file {path}: {exc.strerror}", field="documents_file"
             ) from exc
         return parse_documents(text, jsonl=path.suffix in (".jsonl", ".ndjson") or None)
     if not sys.stdin.isatty():
-        return parse_documents(sys.stdin.read())
+        return parse_documents(sys.stdin.buffer.read().decode("utf-8", "surrogateescape"))
     raise InvalidRequestError(
         "no documents: pass DOC arguments, --documents-file, or pipe them on stdin", field="documents"
     )

@@ -2,9 +2,12 @@
 
 Retries (exponential backoff with jitter, ``Retry-After`` honoured) cover connection errors,
 timeouts and 429/502/503/504, within a bounded number of attempts and an overall deadline. Other
-4xx are not retried. Errors carry the URL, the status and the server's message, never the token:
-tokens travel only in the ``Authorization`` header of requests to the configured URL (redirects
-are not followed), and any echo of the token in a server's message is masked.
+4xx are not retried. Time is bounded as a whole, not per socket read: one attempt takes at most
+``timeout`` seconds (headers and body included) and the whole call at most the policy's
+``deadline``, so an endpoint that trickles its answer a byte at a time cannot hold a caller. An
+answer is read up to :data:`MAX_RESPONSE_BYTES`. Errors carry the URL, the status and the
+server's message, never a secret: tokens travel only in the ``Authorization`` header of requests
+to the configured URL (redirects are not followed), and every message is masked (:mod:`.._secrets`).
 """
 
 from __future__ import annotations
@@ -24,14 +27,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from .._errors import RemoteBackendError
+from .._secrets import mask
 
 logger = logging.getLogger("dheera_local")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_AFTER_CAP = 60.0
+# Rerank answers are a few bytes per document; anything near this is an endpoint misbehaving.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # Worth another attempt: the request may never have reached the server, or it did not answer in time.
 _RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 # Everything httpx raises for a request (an unparsable api_base raises InvalidURL, outside HTTPError).
@@ -40,7 +47,17 @@ _HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to try one remote call."""
+    """How hard to try one remote call.
+
+    Args:
+        max_attempts: Attempts in all, the first included.
+        base_delay: Backoff before the first retry (doubling, with jitter), in seconds.
+        max_delay: The longest backoff between two attempts.
+        deadline: Seconds the whole call may take, every attempt, backoff and answer included.
+        connect_timeout: Seconds to open a connection.
+        read_timeout: Seconds without a byte from the server before an attempt fails; also the
+            default bound on one attempt's whole duration when the call sets no ``timeout``.
+    """
 
     max_attempts: int = 4
     base_delay: float = 0.5
@@ -94,9 +111,9 @@ class HttpClients:
     def sync(self) -> httpx.Client:
         with self._lock:
             if self._sync is None:
-                self._sync = httpx.Client(
-                    transport=self._transport, limits=httpx.Limits(max_connections=64), follow_redirects=False
-                )
+                limits = httpx.Limits(max_connections=64)
+                transport = self._transport or deadline_transport(limits)
+                self._sync = httpx.Client(transport=transport, limits=limits, follow_redirects=False)
             return self._sync
 
     async def async_client(self) -> httpx.AsyncClient:
@@ -132,6 +149,80 @@ class HttpClients:
             await entry[0].aclose()  # if the generator never started, its finally did not run
 
 
+# The sync deadline -------------------------------------------------------------------------------
+# httpx bounds each socket read, not a whole answer: a byte every few seconds never times out. The
+# sync client's connections therefore wrap their socket operations, capping each one's timeout by
+# what is left of this thread's attempt. (The async client is bounded by asyncio.wait_for.)
+
+_attempt = threading.local()
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every read and write ends by this thread's attempt deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _capped(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _capped(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        tls = self._stream.start_tls(ssl_context, server_hostname, _capped(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, handing out :class:`_DeadlineStream` connections."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(host, port, _capped(timeout, httpcore.ConnectTimeout), **kwargs)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
+        stream = self._backend.connect_unix_socket(path, _capped(timeout, httpcore.ConnectTimeout), **kwargs)
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _capped(timeout: float | None, error: type[Exception]) -> float | None:
+    ends = getattr(_attempt, "ends", None)
+    if ends is None:
+        return timeout
+    remaining = ends - time.monotonic()
+    if remaining <= 0:
+        raise error("the attempt's time limit passed")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    """httpx's transport, its connections bounded by the calling thread's attempt deadline."""
+    transport = httpx.HTTPTransport(limits=limits)
+    # httpx exposes no network-backend option; its pool does (httpcore's public NetworkBackend API).
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.NetworkBackend):
+        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    else:  # a future httpx: chunk-by-chunk checks in _read_capped still bound the body
+        logger.debug("httpx transport without a network backend to wrap; per-read timeouts only")
+    return transport
+
+
 async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> Any:
     try:
         yield
@@ -146,14 +237,16 @@ def send(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
     attempt = 0
     while True:
         attempt += 1
-        timeout = policy.timeout(call.timeout, policy.deadline - (time.monotonic() - started))
+        budget = _attempt_budget(call, policy, started)
         try:
-            response = clients.sync().request(
-                call.method, call.url, json=call.json_body, headers=_headers(call), timeout=timeout
-            )
+            _attempt.ends = time.monotonic() + budget
+            try:
+                response = _fetch(clients.sync(), call, policy.timeout(call.timeout, budget))
+            finally:
+                _attempt.ends = None
             return decode(call, response)
         except (RemoteBackendError, *_HTTPX_ERRORS) as exc:
-            error = _as_backend_error(call, exc)
+            error = _as_backend_error(call, exc, budget)
             delay = _retry_delay(error, attempt, started, policy)
             if delay is None:
                 if error is exc:
@@ -169,21 +262,83 @@ async def asend(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
     attempt = 0
     while True:
         attempt += 1
-        timeout = policy.timeout(call.timeout, policy.deadline - (time.monotonic() - started))
+        budget = _attempt_budget(call, policy, started)
         try:
             client = await clients.async_client()
-            response = await client.request(
-                call.method, call.url, json=call.json_body, headers=_headers(call), timeout=timeout
-            )
+            fetch = _afetch(client, call, policy.timeout(call.timeout, budget))
+            try:
+                response = await asyncio.wait_for(fetch, budget)
+            except asyncio.TimeoutError as exc:  # the whole attempt, body included, ran out of time
+                raise httpx.ReadTimeout("the attempt's time limit passed") from exc
             return decode(call, response)
         except (RemoteBackendError, *_HTTPX_ERRORS) as exc:
-            error = _as_backend_error(call, exc)
+            error = _as_backend_error(call, exc, budget)
             delay = _retry_delay(error, attempt, started, policy)
             if delay is None:
                 if error is exc:
                     raise
                 raise error from exc
             await asyncio.sleep(delay)
+
+
+def _attempt_budget(call: Call, policy: RetryPolicy, started: float) -> float:
+    """Seconds this attempt may take: the call's ``timeout`` (else the policy's read timeout), cut to
+    what is left of the deadline."""
+    remaining = policy.deadline - (time.monotonic() - started)
+    return max(min(call.timeout or policy.read_timeout, remaining), 0.001)
+
+
+def _fetch(client: httpx.Client, call: Call, timeout: httpx.Timeout) -> httpx.Response:
+    request = client.build_request(call.method, call.url, json=call.json_body, headers=_headers(call), timeout=timeout)
+    response = client.send(request, stream=True)
+    try:
+        body = _read_capped(call, response.iter_bytes())
+    finally:
+        response.close()
+    return _buffered(response, body)
+
+
+async def _afetch(client: httpx.AsyncClient, call: Call, timeout: httpx.Timeout) -> httpx.Response:
+    request = client.build_request(call.method, call.url, json=call.json_body, headers=_headers(call), timeout=timeout)
+    response = await client.send(request, stream=True)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size = _count(call, size, chunk)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return _buffered(response, b"".join(chunks))
+
+
+def _read_capped(call: Call, chunks: Any) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        size = _count(call, size, chunk)
+        parts.append(chunk)
+        _capped(None, httpcore.ReadTimeout)  # a transport without the deadline wrapper: check between chunks
+    return b"".join(parts)
+
+
+def _count(call: Call, size: int, chunk: bytes) -> int:
+    size += len(chunk)
+    if size > MAX_RESPONSE_BYTES:
+        raise RemoteBackendError(
+            f"{call.label} {call.url} answered more than {MAX_RESPONSE_BYTES // 2**20} MB; a rerank answer is a "
+            "few bytes per document, so the endpoint is not a rerank server or is misbehaving",
+            backend=call.backend,
+            url=call.url,
+        )
+    return size
+
+
+def _buffered(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A read response holding ``body`` (already decompressed: the encoding headers go)."""
+    dropped = {"content-encoding", "content-length", "transfer-encoding"}
+    headers = [(name, value) for name, value in response.headers.multi_items() if name.lower() not in dropped]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
 
 
 def _headers(call: Call) -> dict[str, str]:
@@ -196,10 +351,11 @@ def _headers(call: Call) -> dict[str, str]:
 def decode(call: Call, response: httpx.Response) -> Any:
     """The JSON body of a 2xx answer, or a RemoteBackendError that says what went wrong."""
     if response.is_redirect:
+        location = _masked(response.headers.get("location", "(no location)"), call.token)
         raise RemoteBackendError(
-            f"{call.label} {call.url} answered {response.status_code}, a redirect to "
-            f"{response.headers.get('location', '(no location)')}; redirects are not followed so that the "
-            "token stays with the configured host. Fix: set api_base to the final URL",
+            f"{call.label} {call.url} answered {response.status_code}, a redirect to {location[:200]}; "
+            "redirects are not followed so that the token stays with the configured host. "
+            "Fix: set api_base to the final URL",
             backend=call.backend,
             url=call.url,
             status=response.status_code,
@@ -218,7 +374,7 @@ def decode(call: Call, response: httpx.Response) -> Any:
     try:
         return response.json()
     except (ValueError, UnicodeDecodeError) as exc:
-        snippet = _mask(response.text, call.token)[:120]
+        snippet = _masked(response.text, call.token)[:120]
         raise RemoteBackendError(
             f"{call.label} {call.url} answered {response.status_code} with a body that is not JSON: {snippet!r}",
             backend=call.backend,
@@ -251,23 +407,24 @@ def server_message(response: httpx.Response, token: str | None) -> str:
                 text = value if isinstance(value, str) else json.dumps(value)
                 break
     # Mask before cutting: a token straddling the cut would otherwise leak its first characters.
-    return _mask(" ".join(str(text).split()), token)[:300] or "(empty body)"
+    return _masked(" ".join(str(text).split()), token)[:300] or "(empty body)"
 
 
-def _mask(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
+def _masked(text: str, token: str | None) -> str:
+    """``text`` without the call's token or any other secret in use."""
+    return mask(text.replace(token, "***") if token else text)
 
 
-def _as_backend_error(call: Call, exc: Exception) -> RemoteBackendError:
+def _as_backend_error(call: Call, exc: Exception, budget: float) -> RemoteBackendError:
     if isinstance(exc, RemoteBackendError):
         return exc
     if isinstance(exc, httpx.TimeoutException):
-        kind = "timed out"
+        kind = f"timed out (an attempt may take {budget:.3g} s: timeout, else RetryPolicy.read_timeout or deadline)"
     elif isinstance(exc, _RETRY_ERRORS):
         kind = "could not be reached"
     else:
         kind = "could not be called"
-    detail = _mask(str(exc) or type(exc).__name__, call.token)
+    detail = _masked(str(exc) or type(exc).__name__, call.token)
     return RemoteBackendError(
         f"{call.label} {call.url} {kind}: {detail}",
         backend=call.backend,

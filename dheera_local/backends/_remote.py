@@ -57,6 +57,10 @@ class RemoteBackend:
     def describe(self) -> dict[str, str]:
         raise NotImplementedError
 
+    def numerics(self) -> str:
+        """The endpoint (and the model it is asked for): a remote's scores are its own."""
+        return f"{self.name}:" + "#".join(self.describe().values())
+
     def prepare(self) -> None:
         """Blocking set-up before the first request (e.g. read the endpoint's limits)."""
 
@@ -118,9 +122,9 @@ class RemoteBackend:
         )
 
     def unexpected(self, url: str, problem: str) -> RemoteBackendError:
-        """The error for a well-formed JSON body of the wrong shape."""
+        """The error for a well-formed JSON body of the wrong shape (the endpoint answered, badly: 502)."""
         return RemoteBackendError(
-            f"{self.label} {url} answered with an unexpected body: {problem}", backend=self.name, url=url
+            f"{self.label} {url} answered with an unexpected body: {problem}", backend=self.name, url=url, status=200
         )
 
 

@@ -24,6 +24,11 @@ class Backend(Protocol):
         """Details worth reporting (device, dtype, endpoint), without secrets."""
         ...
 
+    def numerics(self) -> str:
+        """What computes the numbers, for the cache identity: scores are shared only between backends
+        that give the same numerics (``float32``; ``bfloat16/cpu/onednn-packed``; ``tei:<endpoint>``)."""
+        ...
+
 
 def score_pairs(backend: Backend, pairs: list[tuple[str, str]]) -> list[float]:
     """Raw logits for pairs with mixed queries: one batched call when the backend can, else per query."""

@@ -27,7 +27,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
-from .._errors import BackendError, LocalBackendError, OverloadedError
+from .._errors import BackendError, LocalBackendError, OverloadedError, ShuttingDownError
 from .local import LocalBackend
 
 logger = logging.getLogger("dheera_local")
@@ -108,6 +108,9 @@ class MicroBatcher:
     def describe(self) -> dict[str, str]:
         return self.backend.describe()
 
+    def numerics(self) -> str:
+        return self.backend.numerics()
+
     # Queue ------------------------------------------------------------------------------------
 
     def submit(self, pairs: list[Pair]) -> Future[list[float]]:
@@ -115,7 +118,7 @@ class MicroBatcher:
         job = _Job(list(pairs), Future())
         with self._cond:
             if self._closed:
-                raise OverloadedError(f"{self.label}: the server is shutting down", retry_after=5.0)
+                raise ShuttingDownError(f"{self.label}: the server is shutting down", retry_after=5.0)
             load = self._stats.queued_pairs + self._stats.running_pairs
             if load and load + len(job.pairs) > self.max_queue_pairs:
                 self._stats.rejected += 1
@@ -144,7 +147,9 @@ class MicroBatcher:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
-        self._fail(self._drain(), "the server shut down before this request was scored")
+        error = ShuttingDownError(f"{self.label}: the server shut down before this request was scored", retry_after=5)
+        for job in self._drain():
+            job.future.set_exception(error)
 
     def _retry_after(self, load: int) -> float:
         if self._rate <= 0:
@@ -279,7 +284,7 @@ class BatcherPool:
         )  # fmt: skip
         with self._lock:
             if self._closed:
-                raise OverloadedError("the server is shutting down", retry_after=5.0)
+                raise ShuttingDownError("the server is shutting down", retry_after=5.0)
             batcher = self._batchers.get(key)
             if batcher is None:
                 batcher = MicroBatcher(

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy
 from ._remote import RemoteBackend, as_float, group_by_limits, probability_to_logit
 
@@ -69,7 +70,7 @@ class CohereBackend(RemoteBackend):
             index = item.get("index") if isinstance(item, dict) else None
             score = as_float(item.get("relevance_score")) if isinstance(item, dict) else None
             if not isinstance(index, int) or not 0 <= index < count or score is None:
-                raise self.unexpected(self.url, f"bad result entry {str(item)[:80]}")
+                raise self.unexpected(self.url, f"bad result entry {quote(item, 80)}")
             scores[index] = probability_to_logit(score)
         if len(scores) != count:
             raise self.unexpected(self.url, f"{len(scores)} results for {count} documents")

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from .._secrets import quote, register
 from ._http import Call, HttpClients, RetryPolicy
 from ._remote import RemoteBackend, as_float, group_by_limits
 
@@ -29,16 +30,24 @@ def hf_inference_base() -> str:
 
 
 def hf_token(api_key: SecretStr | None) -> SecretStr | None:
-    """``api_key``, else ``HF_TOKEN``, else the token huggingface_hub saved (``hf auth login``)."""
+    """``api_key``, else ``HF_TOKEN``, else the token huggingface_hub saved (``hf auth login``).
+
+    The token found is registered for masking: an endpoint that echoes it cannot leak it.
+    """
     if api_key is not None:
         return api_key
     for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         if os.environ.get(variable, "").strip():
-            return SecretStr(os.environ[variable].strip())
+            return _registered(os.environ[variable].strip())
     saved = saved_hf_token()
     if saved is None and not os.environ.get("HF_TOKEN_PATH"):
         saved = _hub_login_token()
-    return SecretStr(saved) if saved else None
+    return _registered(saved) if saved else None
+
+
+def _registered(token: str) -> SecretStr:
+    register(token)
+    return SecretStr(token)
 
 
 def _hub_login_token() -> str | None:
@@ -118,7 +127,7 @@ class HFHostedBackend(RemoteBackend):
         for label in labels:
             score = as_float(label.get("score")) if isinstance(label, dict) else None
             if score is None:
-                raise self.unexpected(self.url, f"bad label entry {str(label)[:80]}")
+                raise self.unexpected(self.url, f"bad label entry {quote(label, 80)}")
             scores[str(label.get("label", ""))] = score
         if len(scores) == 1:
             return next(iter(scores.values()))

@@ -21,12 +21,16 @@ from .._batching import plan_batches
 from .._catalog import lookup
 from .._cpu_kernels import EAGER, pack_linears, packing_available
 from .._discovery import LocalWeights
-from .._errors import LocalBackendError, UnsupportedModelError
+from .._errors import DheeraError, LocalBackendError, UnsupportedModelError
 from .._hardware import dtype_name, resolve_device, resolve_dtype
 
 logger = logging.getLogger("dheera_local")
 
 DEFAULT_BATCH_TOKENS = {"cuda": 32768, "mps": 8192, "cpu": 4096}
+# A query longer than this many characters per window token is cut before pairing (see _bounded);
+# the margin keeps the tokens near the cut, whose split may depend on what follows, out of the window.
+QUERY_CHARS_PER_TOKEN = 4
+QUERY_CUT_MARGIN = 8
 
 
 def default_batch_tokens(device: str) -> int:
@@ -124,11 +128,31 @@ class LocalModel:
         return out
 
     def _tokenize(self, pairs: list[tuple[str, str]], max_length: int) -> dict[str, list[list[int]]]:
-        queries = [query for query, _ in pairs]
         texts = [text for _, text in pairs]
         # "longest_first" truncation, as CrossEncoder.predict does, so scores match it exactly.
         with self._tokenizer_lock:
+            bounded: dict[str, str] = {}
+            queries = []
+            for query, _ in pairs:
+                if query not in bounded:
+                    bounded[query] = self._bounded(query, max_length)
+                queries.append(bounded[query])
             return self.tokenizer(queries, texts, truncation="longest_first", max_length=max_length, padding=False)
+
+    def _bounded(self, query: str, max_length: int) -> str:
+        """``query`` cut a few tokens past ``max_length`` (once per request, not once per pair).
+
+        Truncation keeps at most ``max_length`` of its tokens, so the cut changes no score; without it
+        a long query would be tokenized in full beside every document (memory x documents).
+        """
+        if len(query) <= QUERY_CHARS_PER_TOKEN * max_length or not getattr(self.tokenizer, "is_fast", False):
+            return query
+        keep = max_length + QUERY_CUT_MARGIN
+        encoded = self.tokenizer(
+            query, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=keep
+        )
+        offsets = encoded["offset_mapping"]
+        return query[: offsets[-1][1]] if len(offsets) >= keep else query
 
     @torch.inference_mode()
     def _forward(self, encoded: dict[str, list[list[int]]], batch: list[int]) -> list[float]:
@@ -198,7 +222,14 @@ def load_model(weights: LocalWeights, device: str, dtype: torch.dtype) -> LocalM
         with _registry_lock:
             if key in _loaded:
                 return _loaded[key]
-        model = LocalModel(weights, device, dtype)
+        try:
+            model = LocalModel(weights, device, dtype)
+        except DheeraError:
+            raise
+        except Exception as exc:  # torch, transformers and oneDNN raise many types: translated here, once
+            raise LocalBackendError(
+                f"{weights.model_id}: could not be prepared on {device} as {dtype_name(dtype)}: {exc}"
+            ) from exc
         with _registry_lock:
             _loaded[key] = model
         logger.info("loaded %s on %s as %s", weights.model_id, device, dtype_name(dtype))
@@ -233,21 +264,45 @@ class LocalBackend:
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
 
     def model(self) -> LocalModel:
-        """The loaded model (loading it now if this process has not yet)."""
+        """The loaded model (loading it now if this process has not yet); raises LocalBackendError."""
         return load_model(self.weights, self.device, self.dtype)
+
+    def is_loaded(self) -> bool:
+        """True when this process already holds the model (``model()`` returns at once)."""
+        with _registry_lock:
+            return self._load_key() in _loaded
+
+    def numerics_known(self) -> bool:
+        """True when :meth:`numerics` returns without loading the model."""
+        return self.dtype == torch.float32 or self.is_loaded()
+
+    def numerics(self) -> str:
+        """``float32`` on any device; reduced precision also names the device type and the kernels
+        (known once loaded: the load-time check may turn packing off)."""
+        if self.dtype == torch.float32:
+            return "float32"
+        return f"{dtype_name(self.dtype)}/{torch.device(self.device).type}/{self.model().kernels}"
 
     def score(self, query: str, texts: list[str]) -> list[float]:
         return self.score_pairs([(query, text) for text in texts])
 
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """Raw logits for pairs with any queries (the server's micro-batcher merges requests)."""
+        """Raw logits for pairs with any queries (the server's micro-batcher merges requests).
+
+        Every failure is a LocalBackendError, so ``backend="auto"`` falls back to the next candidate.
+        """
         model = self.model()
         try:
             return model.logits(pairs, self.max_length, self.batch_tokens)
-        except LocalBackendError:
+        except DheeraError:
             raise
-        except (RuntimeError, ValueError, MemoryError) as exc:
-            raise LocalBackendError(f"{self.weights.model_id}: inference failed on {self.device}: {exc}") from exc
+        except Exception as exc:  # torch raises RuntimeError, IndexError, ...: the one boundary
+            raise LocalBackendError(
+                f"{self.weights.model_id}: inference failed on {self.device}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _load_key(self) -> _LoadKey:
+        return _LoadKey(str(self.weights.path), self.weights.revision, self.device, self.dtype)
 
     async def ascore(self, query: str, texts: list[str]) -> list[float]:
         return await asyncio.to_thread(self.score, query, texts)
@@ -258,7 +313,7 @@ class LocalBackend:
     def describe(self) -> dict[str, str]:
         details = {"device": self.device, "dtype": dtype_name(self.dtype), "path": str(Path(self.weights.path))}
         with _registry_lock:
-            loaded = _loaded.get(_LoadKey(str(self.weights.path), self.weights.revision, self.device, self.dtype))
+            loaded = _loaded.get(self._load_key())
         if loaded is not None:
             details["kernels"] = loaded.kernels
         return details

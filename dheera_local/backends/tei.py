@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from .._errors import RemoteBackendError
+from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy, asend, send
 from ._remote import RemoteBackend, as_float, group_by_limits
 
@@ -113,7 +114,7 @@ class TEIBackend(RemoteBackend):
             index = item.get("index") if isinstance(item, dict) else None
             score = as_float(item.get("score")) if isinstance(item, dict) else None
             if not isinstance(index, int) or not 0 <= index < count or score is None:
-                raise self.unexpected(url, f"bad rank entry {str(item)[:80]}")
+                raise self.unexpected(url, f"bad rank entry {quote(item, 80)}")
             scores[index] = score
         if len(scores) != count:
             raise self.unexpected(url, f"{len(scores)} scores for {count} texts")

@@ -190,9 +190,12 @@ def json_default(value: Any) -> Any:
 
 
 def json_line(row: dict[str, Any]) -> bytes:
-    """One JSONL line; NaN becomes null so every line is standard JSON."""
+    """One JSONL line; NaN becomes null so every line is standard JSON.
+
+    A lone surrogate (a bad row's text, reported as it was read) is written as its JSON escape.
+    """
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-    return (json.dumps(clean, ensure_ascii=False, default=json_default) + "\n").encode("utf-8")
+    return (json.dumps(clean, ensure_ascii=False, default=json_default) + "\n").encode("utf-8", "backslashreplace")
 
 
 class _AppendFile:
@@ -287,7 +290,7 @@ class CsvWriter:
                     field="output",
                 )
             writer.writerow([_csv_value(row.get(name)) for name in self.fields])
-        self.file.write("".join(lines.parts).encode("utf-8"))
+        self.file.write("".join(lines.parts).encode("utf-8", "backslashreplace"))
 
     def commit(self) -> dict[str, Any]:
         return {**self.file.commit(), "fields": self.fields}

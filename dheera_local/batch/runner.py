@@ -33,6 +33,7 @@ from typing import Any
 from .._cache import ModelIdentity
 from .._errors import InvalidRequestError, LocalBackendError
 from .._orchestrator import sigmoid
+from .._request import check_text
 from .io import Record, ResumeMismatch, Writer, count_records, file_format, input_columns, open_writer, read_records
 from .workers import ChunkResult, Engine, Pool, open_pool
 
@@ -341,6 +342,12 @@ def pair_of(record: Record, query_field: str, document_field: str) -> tuple[str,
         if problem is not None:
             return problem
         texts.append(value)
+    for name, value in record.fields.items():  # the output copies every field: all must be writable
+        if isinstance(value, str) and name not in (query_field, document_field):
+            try:
+                check_text(value, f"field {name!r}")
+            except InvalidRequestError as exc:
+                return str(exc)
     return texts[0], texts[1]
 
 
@@ -354,6 +361,10 @@ def text_problem(name: str, value: object, present: bool = True) -> str | None:
         return f"field {name!r} must be a string, got {type(value).__name__}"
     if not value.strip():
         return f"field {name!r} is empty"
+    try:
+        check_text(value, f"field {name!r}")
+    except InvalidRequestError as exc:
+        return str(exc)
     return None
 
 
