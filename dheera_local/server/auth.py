@@ -1,7 +1,10 @@
-"""Bearer-key auth: ``Authorization: Bearer <master key>`` on every rerank and model route.
+"""Bearer-key auth: ``Authorization: Bearer <master key>`` on every route but the public ones.
 
-The key is compared in constant time (digests of equal length, ``secrets.compare_digest``) and
-never logged or echoed. Without a master key auth is off, and ``serve`` binds loopback only.
+:class:`AuthGate` checks the header before a byte of the body is read, so an unauthenticated
+client cannot make the server buffer a 10 MB body. The key is compared in constant time (digests
+of equal length, ``secrets.compare_digest``) and never logged or echoed. Without a master key auth
+is off, and ``serve`` binds loopback only. Public: the liveness and readiness probes, and the API
+docs (``/docs``, ``/redoc``, ``/openapi.json``), which describe routes but reveal no configuration.
 """
 
 from __future__ import annotations
@@ -10,8 +13,14 @@ import hashlib
 import secrets
 
 from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import AuthenticationError
+from .errors import AuthenticationError, api_error
+
+PUBLIC_PATHS = frozenset({
+    "/health/liveliness", "/health/liveness", "/health/readiness", "/docs", "/docs/oauth2-redirect", "/redoc",
+    "/openapi.json",
+})  # fmt: skip
 
 
 class MasterKey:
@@ -52,3 +61,20 @@ def check(master_key: MasterKey | None, request: Request) -> None:
         )
     if not master_key.matches(token):
         raise AuthenticationError("invalid API key: the bearer token is not this server's master key")
+
+
+class AuthGate:
+    """ASGI middleware: 401 for a missing or wrong key, before the body is read."""
+
+    def __init__(self, app: ASGIApp, master_key: MasterKey | None) -> None:
+        self.app = app
+        self.master_key = master_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.master_key is not None and scope.get("path") not in PUBLIC_PATHS:
+            try:
+                check(self.master_key, Request(scope))
+            except AuthenticationError as exc:
+                await api_error(exc).response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .._errors import ConfigError
+from .._secrets import register
 
 logger = logging.getLogger("dheera_local.server")
 
@@ -152,7 +153,16 @@ def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str
     if config.master_key is None and env.get(MASTER_KEY_ENV, "").strip():
         settings = config.general_settings.model_copy(update={"master_key": SecretStr(env[MASTER_KEY_ENV])})
         config = config.model_copy(update={"general_settings": settings})
+    _register_secrets(config)
     return config
+
+
+def _register_secrets(config: ServerConfig) -> None:
+    """Mask the configured keys in every message of this process, from now on."""
+    keys = [entry.dheera_ai_params.api_key for entry in config.model_list] + [config.master_key]
+    for key in keys:
+        if key is not None:
+            register(key.get_secret_value())
 
 
 def _resolve_env(value: Any, path: str, env: Mapping[str, str], source: str) -> Any:

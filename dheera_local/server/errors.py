@@ -16,17 +16,16 @@ OverloadedError                             429     overloaded_error (+ Retry-Af
 AllBackendsFailedError, remote unreachable  503     service_unavailable
 AllBackendsFailedError, otherwise           502     backend_error
 ModelNotAvailableError                      503     model_not_available
-NotReadyError (starting, shutting down)     503     service_unavailable
+NotReadyError, ShuttingDownError            503     service_unavailable (+ Retry-After)
 anything else                               500     internal_error
 =========================================  ======  ==========================
 
-Messages never carry a stack trace, a request body or a configured secret (:class:`Redactor`).
+Messages never carry a stack trace, a request body or a secret in use (masked by :func:`~dheera_local._secrets.mask`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +41,9 @@ from .._errors import (
     ModelNotAvailableError,
     OverloadedError,
     RemoteBackendError,
+    ShuttingDownError,
 )
+from .._secrets import mask
 
 UNAVAILABLE_STATUSES = frozenset({429, 503, 504})
 
@@ -67,18 +68,6 @@ class NotReadyError(DheeraError):
     """The server is starting or shutting down: 503."""
 
 
-class Redactor:
-    """Replaces configured secrets (master key, api keys) in any text bound for a client or a log."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
 @dataclass
 class ApiError:
     """An error answer: status, OpenAI/LiteLLM-style type, message, offending field."""
@@ -96,11 +85,10 @@ class ApiError:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers or None)
 
 
-def api_error(exc: BaseException, redact: Redactor | None = None) -> ApiError:
-    """The answer for ``exc``; unexpected exceptions get a generic 500 that reveals nothing."""
+def api_error(exc: BaseException) -> ApiError:
+    """The answer for ``exc``, masked; unexpected exceptions get a generic 500 that reveals nothing."""
     error = _classify(exc)
-    if redact is not None:
-        error.message = redact(error.message)
+    error.message = mask(error.message)
     return error
 
 
@@ -109,13 +97,13 @@ def _classify(exc: BaseException) -> ApiError:
         return ApiError(_invalid_status(exc), _invalid_type(exc), str(exc), exc.param)
     if isinstance(exc, AuthenticationError):
         return ApiError(401, "authentication_error", str(exc), headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, (ShuttingDownError, NotReadyError)):
+        return ApiError(503, "service_unavailable", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, OverloadedError):
         retry = str(max(1, math.ceil(exc.retry_after)))
         return ApiError(429, "overloaded_error", str(exc), headers={"Retry-After": retry})
     if isinstance(exc, AllBackendsFailedError):
         return _backend_failure(exc)
-    if isinstance(exc, NotReadyError):
-        return ApiError(503, "service_unavailable", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, ModelNotAvailableError):
         return ApiError(503, "model_not_available", str(exc), "model")
     if isinstance(exc, DheeraError):
@@ -163,7 +151,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _dheera_handler(request: Request, exc: Exception) -> JSONResponse:
-    return api_error(exc, _redactor(request)).response()
+    return api_error(exc).response()
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -193,8 +181,3 @@ def loc_to_param(loc: tuple[Any, ...]) -> str | None:
             break  # union-member tags ("str", "dict[str,any]") say nothing to a client
         param += f"[{item}]"
     return param
-
-
-def _redactor(request: Request) -> Redactor | None:
-    state = getattr(request.app.state, "dheera", None)
-    return state.redact if state is not None else None

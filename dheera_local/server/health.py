@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from .._errors import DheeraError
+from .._secrets import mask
 from .registry import ServedModel
 from .state import ServerState
 
@@ -31,5 +32,5 @@ async def _check(state: ServerState, served: ServedModel) -> tuple[bool, dict[st
     except asyncio.TimeoutError:
         return False, {**entry, "error": f"no answer within health_check_timeout={timeout}s"}
     except DheeraError as exc:
-        return False, {**entry, "error": state.redact(str(exc))}
+        return False, {**entry, "error": mask(str(exc))}
     return True, {**entry, "backend": response.backend}

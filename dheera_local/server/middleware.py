@@ -12,6 +12,7 @@ cannot exceed the limit either.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -20,7 +21,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError, api_error
+from .._secrets import mask
+from .errors import ApiError, NotReadyError, api_error
 
 logger = logging.getLogger("dheera_local.server")
 
@@ -54,6 +56,13 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs after graceful_shutdown_timeout: answer it, as JSON, here
+            # (re-raising would make uvicorn log a traceback and send a plain-text 500).
+            if not response_started:
+                error = NotReadyError("the server shut down before this request finished; retry it")
+                await api_error(error).response()(scope, receive, send_with_id)
+            status = 503
         except Exception as exc:  # noqa: BLE001 - answered as JSON; only the type and place are logged
             logger.error("request %s failed: %s at %s", request_id, type(exc).__name__, _where(exc))
             if not response_started:
@@ -84,11 +93,7 @@ def _where(exc: BaseException) -> str:
 def _log(scope: Scope, request_id: str, status: int, seconds: float) -> None:
     fields: dict[str, Any] = scope.get("state", {}).get("log") or {}
     extra = "".join(f" {name}={fields[name]}" for name in LOG_FIELDS if fields.get(name) is not None)
-    path = scope.get("path", "")
-    app_state = getattr(scope.get("app"), "state", None)
-    redact = getattr(getattr(app_state, "dheera", None), "redact", None)
-    if redact is not None:
-        path = redact(path)
+    path = mask(scope.get("path", ""))
     level = logging.WARNING if status >= 500 else logging.INFO
     logger.log(level, "%s %s %s %d %.1fms%s", request_id, scope.get("method", ""), path, status, seconds * 1000, extra)
 

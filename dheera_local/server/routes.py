@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import pydantic_core
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from .auth import check
 from .health import check_models
 from .schemas import (
     COHERE_RESPONSE,
@@ -32,13 +31,8 @@ from .schemas import (
 from .service import Answer
 from .state import server_state
 
-
-async def require_master_key(request: Request) -> None:
-    """Dependency of every authenticated route: 401 without the master key."""
-    check(server_state(request).master_key, request)
-
-
-api = APIRouter(dependencies=[Depends(require_master_key)], responses=ERROR_RESPONSES)
+# Authenticated by AuthGate (auth.py), before the body is read.
+api = APIRouter(responses=ERROR_RESPONSES)
 public = APIRouter(tags=["health"])
 
 

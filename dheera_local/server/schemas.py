@@ -22,7 +22,8 @@ Body = TypeVar("Body", bound=BaseModel)
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: `top_n: true` or `"3"` is a client bug to report, not a value to coerce.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class CohereRerankRequest(_Request):
@@ -106,10 +107,12 @@ def is_tei(body: dict[str, Any]) -> bool:
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object; 400 when it is not JSON, 422 when it is not an object."""
+    """The body as a JSON object; 400 when it is not JSON (or nests too deep), 422 when not an object."""
     try:
-        data = pydantic_core.from_json(raw)  # fast path; json.loads below only to explain an error
-    except ValueError:
+        data = pydantic_core.from_json(raw)  # fast path, with a nesting limit; json.loads below for the rest
+    except ValueError as exc:
+        if "recursion limit" in str(exc):
+            raise InvalidRequestError("request body nests too deeply (more than 200 levels)", field="body") from None
         data = _explain_json_error(raw)
     if not isinstance(data, dict):
         raise BodyValidationError(f"request body must be a JSON object, got {type(data).__name__}", field="body")
@@ -117,9 +120,11 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 
 
 def _explain_json_error(raw: bytes) -> Any:
+    """json.loads where pydantic-core refused: it accepts a lone ``\\ud800`` escape, which
+    ``build_request`` then rejects naming the field; anything else is answered here."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidRequestError(f"request body is not valid JSON{where}", field="body") from None
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from .._orchestrator import Reranker
+from .._secrets import mask
 from ..backends._http import RetryPolicy
 from ..backends.batched import BatcherPool
-from .auth import MasterKey
 from .config import ServerConfig
-from .errors import NotReadyError, Redactor
+from .errors import NotReadyError
 from .registry import ModelRegistry
 from .service import RerankService
 
@@ -35,8 +35,6 @@ class ServerState:
     reranker: Reranker
     pool: BatcherPool
     service: RerankService
-    redact: Redactor
-    master_key: MasterKey | None
     started_at: int
     draining: bool = False
 
@@ -46,15 +44,12 @@ class ServerState:
         settings = config.general_settings
         pool = BatcherPool(max_queue_pairs=settings.max_queue_pairs, max_batch_pairs=settings.max_batch_pairs)
         reranker = Reranker(retry=RetryPolicy(max_attempts=settings.num_retries + 1), local_wrapper=pool.wrap)
-        key = config.master_key.get_secret_value() if config.master_key is not None else None
         state = cls(
             config=config,
             registry=registry,
             reranker=reranker,
             pool=pool,
             service=RerankService(reranker, registry, settings),
-            redact=Redactor(_secrets(config)),
-            master_key=MasterKey(key) if key is not None else None,
             started_at=int(time.time()),
         )
         await state._preload()
@@ -67,7 +62,7 @@ class ServerState:
             try:
                 await asyncio.to_thread(served.local.model)
             except Exception as exc:  # noqa: BLE001 - reported by /health; requests may still fall back
-                logger.warning("%s: local weights did not load (%s)", served.name, self.redact(str(exc)))
+                logger.warning("%s: local weights did not load (%s)", served.name, mask(str(exc)))
 
     async def stop(self) -> None:
         """Drain the batchers, then close the HTTP clients."""
@@ -76,12 +71,6 @@ class ServerState:
         await self.reranker.aclose()
         self.reranker.close()
         logger.info("stopped: queues drained, clients closed")
-
-
-def _secrets(config: ServerConfig) -> list[str]:
-    keys = [entry.dheera_ai_params.api_key for entry in config.model_list]
-    keys.append(config.master_key)
-    return [key.get_secret_value() for key in keys if key is not None]
 
 
 def server_state(request: Request) -> ServerState:
