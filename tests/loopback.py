@@ -94,13 +94,19 @@ def reference_logits(folder: Path, query: str, texts: list[str]) -> list[float]:
 
 @dataclass
 class Fault:
-    """How to answer one scoring request. ``status=None``: answer normally, after ``delay``."""
+    """How to answer one scoring request. ``status=None``: answer normally, after ``delay``.
+
+    ``trickle``: answer 200 with ``body`` (JSON), sending one byte every ``trickle`` seconds, the
+    headers too when ``trickle_headers``.
+    """
 
     status: int | None = None
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     malformed: bool = False
+    trickle: float = 0.0
+    trickle_headers: bool = False
 
 
 @dataclass
@@ -232,6 +238,10 @@ class Servers:
         return self.start("cohere", {"*": folder}, **options)
 
 
+class _Sent(Exception):
+    """Raised by a fault that wrote its own answer."""
+
+
 class _Reply(Exception):
     """Raised by a route to answer with ``status`` and ``body`` (JSON unless a str)."""
 
@@ -274,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._route(path, raw, body, headers)
             except _Reply as reply:
                 self._send(reply.status, reply.body, reply.headers)
+            except _Sent:
+                pass
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test)
         finally:
@@ -311,10 +323,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _apply(self, fault: Fault) -> None:
         if fault.delay and self.owner.closing.wait(fault.delay):
             raise _Reply(503, {"error": "shutting down"})
+        if fault.trickle:
+            self._trickle(fault)
+            raise _Sent
         if fault.malformed:
             raise _Reply(200, '{"results": [{"index": 0, "relevance_score": ', {"content-type": "application/json"})
         if fault.status is not None:
             raise _Reply(fault.status, fault.body if fault.body is not None else {"error": "injected"}, fault.headers)
+
+    def _trickle(self, fault: Fault) -> None:
+        self.close_connection = True
+        body = json.dumps(fault.body).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        if not fault.trickle_headers:
+            self.wfile.write(head)
+            head = b""
+        for byte in head + body:
+            if self.owner.closing.wait(fault.trickle):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
 
     def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
         if isinstance(body, (str, bytes)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
@@ -77,3 +78,19 @@ class LiveServer:
         self.server.should_exit = True
         self._thread.join(timeout)
         self._socket.close()
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[str], timeout: float = 90.0) -> None:
+    """Wait until a server started as ``process`` answers its readiness probe."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stderr = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"server exited with {process.returncode}: {stderr}")
+        try:
+            if httpx.get(url + "/health/readiness", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become ready")

@@ -14,8 +14,11 @@ import pytest
 
 import dheera_local
 from conftest import TINY_BERT_ID
+from dheera_local import Reranker
 from dheera_local._cache import ModelIdentity, ScoreCache, cache_key, open_cache
 from dheera_local._discovery import find_in_hub_cache
+from dheera_local._model_ref import parse_model
+from dheera_local._request import build_options
 
 QUERY = "capital city"
 DOCS = ["washington is the capital", "a river in france", "tokyo"]
@@ -32,8 +35,12 @@ class _Exploit:
 
 
 def _identity() -> ModelIdentity:
+    """The identity the default rerank of TINY_BERT_ID caches under (its numerics included)."""
+    plan = Reranker().selector.plan(parse_model(TINY_BERT_ID), build_options())
+    identity = plan.cache_identity(0)
     weights = find_in_hub_cache(TINY_BERT_ID)
-    return ModelIdentity(weights.model_id, weights.revision, 512)
+    assert (identity.model_id, identity.revision, identity.max_length) == (weights.model_id, weights.revision, 512)
+    return identity
 
 
 def test_pickled_rows_are_refused_not_unpickled(isolated_env: Path, caplog: pytest.LogCaptureFixture) -> None:

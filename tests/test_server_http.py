@@ -26,7 +26,7 @@ import dheera_local as dheera_ai
 from conftest import SEED_DOCUMENTS, SEED_QUERY, closed_port
 from dheera_local import AllBackendsFailedError
 from loopback import Fault, Servers, reference_logits
-from server_harness import MASTER_KEY, LiveServer
+from server_harness import MASTER_KEY, LiveServer, wait_until_ready
 
 UPSTREAM_KEY = "hf_upstream_secret_4242"
 NAMES = ["bge-reranker-base", "bge-reranker-large", "tiny-bert-hub", "cached", "broken-tei", "unreachable"]
@@ -463,18 +463,3 @@ def test_the_seed_proxy_section_with_curl(hub_cache: Path, tmp_path: Path) -> No
     assert f"RUNNING on http://127.0.0.1:{port} (models: bge-reranker-base, bge-reranker-large)" in err
     assert " POST /rerank 200 " in err
     assert MASTER_KEY not in err + out and "hf_xxxxxx" not in err + out
-
-
-def wait_until_ready(url: str, process: subprocess.Popen[str], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stderr = process.stderr.read() if process.stderr else ""
-            raise AssertionError(f"server exited with {process.returncode}: {stderr}")
-        try:
-            if httpx.get(url + "/health/readiness", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become ready")
