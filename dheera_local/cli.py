@@ -141,7 +141,7 @@ def _add_serve(commands: Any) -> None:
 
 
 def _add_score(commands: Any) -> None:
-    from .batch.cli import add_score_arguments, run_score
+    from .score.cli import add_score_arguments, run_score
 
     parser = _command(commands, "score", run_score, "Score (query, document) pairs from a JSONL, CSV or Parquet file.")
     add_score_arguments(parser)

@@ -23,8 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ._errors import InvalidRequestError
-from .batch.runner import text_problem
-from .batch.workers import Engine, score_chunk
+from .score.runner import text_problem
+from .score.workers import Engine, score_chunk
 
 MISSING_RAY = "dheera_local.ray needs Ray Data: pip install 'dheera_local[ray]'"
 DEFAULT_BATCH_SIZE = 1024

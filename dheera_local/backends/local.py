@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from .._batching import plan_batches
 from .._catalog import lookup
 from .._cpu_kernels import EAGER, pack_linears, packing_available
 from .._discovery import LocalWeights
 from .._errors import DheeraError, LocalBackendError, UnsupportedModelError
 from .._hardware import dtype_name, resolve_device, resolve_dtype
+from .._token_budget import plan_batches
 
 logger = logging.getLogger("dheera_local")
 

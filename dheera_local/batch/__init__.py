@@ -1,11 +1,6 @@
-"""Offline scoring of pair files: ``dheera-local score`` on one machine (``dheera_local.ray`` for a cluster).
+"""Moved to :mod:`dheera_local.score` (the folder is named after the ``dheera-local score`` command);
+this re-export keeps ``from dheera_local.batch import ScoreJob, score_file`` working."""
 
->>> from pathlib import Path
->>> from dheera_local.batch import ScoreJob, score_file
->>> report = score_file(ScoreJob(model="BAAI/bge-reranker-v2-m3", input=Path("pairs.jsonl"),
-...                              output=Path("scores.jsonl")))  # doctest: +SKIP
-"""
-
-from .runner import ScoreJob, ScoreReport, score_file
+from ..score import ScoreJob, ScoreReport, score_file
 
 __all__ = ["ScoreJob", "ScoreReport", "score_file"]

@@ -12,10 +12,9 @@ One concept per module; data flows one way, routes -> service -> orchestrator ->
     health.py      GET /health
     routes.py      the routes, thin
     state.py       what a running app owns (Reranker, micro-batchers)
+    micro_batching.py  concurrent requests for one local model share forward passes
     app.py         create_app(config) and its lifespan
     run.py         serve(): bind rules, uvicorn, graceful shutdown
-
-Micro-batching lives with the backends: :mod:`dheera_local.backends.batched`.
 """
 
 from .app import create_app

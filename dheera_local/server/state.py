@@ -17,9 +17,9 @@ from fastapi import Request
 from .._orchestrator import Reranker
 from .._secrets import mask
 from ..backends._http import RetryPolicy
-from ..backends.batched import BatcherPool
 from .config import ServerConfig
 from .errors import NotReadyError
+from .micro_batching import BatcherPool
 from .registry import ModelRegistry
 from .service import RerankService
 

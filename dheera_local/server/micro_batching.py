@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
 from .._errors import BackendError, LocalBackendError, OverloadedError, ShuttingDownError
-from .local import LocalBackend
+from ..backends.local import LocalBackend
 
 logger = logging.getLogger("dheera_local")
 

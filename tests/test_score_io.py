@@ -1,4 +1,4 @@
-"""The pair-file readers and the resumable writers of ``dheera_local.batch.io``."""
+"""The pair-file readers and the resumable writers of ``dheera_local.score.io``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dheera_local import InvalidRequestError
-from dheera_local.batch.io import (
+from dheera_local.score.io import (
     ResumeMismatch,
     count_records,
     file_format,
