@@ -1,26 +1,17 @@
-"""The public functions: ``rerank`` and ``arerank``, served by a process-wide :class:`Reranker`."""
+"""The public functions: ``rerank`` and ``arerank``, served by the default :class:`Reranker`.
+
+Their signatures spell out every option for users and IDEs; the options are defined once, in
+:mod:`._options` (a test keeps the two in step).
+"""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
-from ._orchestrator import Reranker
 from ._request import build_request
 from ._response import RerankResponse
-
-_default: Reranker | None = None
-_default_lock = threading.Lock()
-
-
-def default_reranker() -> Reranker:
-    """The shared Reranker behind the module-level functions (created on first use)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Reranker()
-        return _default
+from ._runtime import default_reranker
 
 
 def rerank(
@@ -44,6 +35,7 @@ def rerank(
     max_chunks_per_doc: int | None = None,
     max_tokens_per_doc: int | None = None,
     batch_tokens: int | None = None,
+    api_format: str | None = None,
 ) -> RerankResponse:
     """Rerank ``documents`` by relevance to ``query``.
 
@@ -57,6 +49,8 @@ def rerank(
         api_base: A remote endpoint: TEI-compatible for ``huggingface/ORG/NAME``, Cohere-compatible for
             any other name (bare ``ORG/NAME`` included). Local weights still win under ``backend="auto"``.
         api_key: Token for the remote endpoint; for the HF hosted API defaults to ``HF_TOKEN``.
+        api_format: The endpoint's wire format, ``tei``, ``cohere`` or ``hf`` (HF Inference Endpoints);
+            default: ``tei`` for ``huggingface/ORG/NAME``, else ``cohere``.
         backend: ``auto`` (local weights first, then remote), ``local`` or ``remote``.
         cache: Use the on-disk score cache.
         cache_dir: Cache folder (default ``$DHEERA_CACHE_DIR`` or ``~/.cache/dheera_local``).
@@ -81,8 +75,9 @@ def rerank(
     request = build_request(
         model, query, documents, top_n, return_documents,
         rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
-        api_base=api_base, api_key=api_key, backend=backend, cache=cache, cache_dir=cache_dir, device=device,
-        dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout, batch_tokens=batch_tokens,
+        api_base=api_base, api_key=api_key, api_format=api_format, backend=backend, cache=cache, cache_dir=cache_dir,
+        device=device, dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
+        batch_tokens=batch_tokens,
     )  # fmt: skip
     return default_reranker().run(request)
 
@@ -108,12 +103,14 @@ async def arerank(
     max_chunks_per_doc: int | None = None,
     max_tokens_per_doc: int | None = None,
     batch_tokens: int | None = None,
+    api_format: str | None = None,
 ) -> RerankResponse:
     """The async twin of :func:`rerank` (same parameters); never blocks the event loop."""
     request = build_request(
         model, query, documents, top_n, return_documents,
         rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
-        api_base=api_base, api_key=api_key, backend=backend, cache=cache, cache_dir=cache_dir, device=device,
-        dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout, batch_tokens=batch_tokens,
+        api_base=api_base, api_key=api_key, api_format=api_format, backend=backend, cache=cache, cache_dir=cache_dir,
+        device=device, dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
+        batch_tokens=batch_tokens,
     )  # fmt: skip
     return await default_reranker().arun(request)

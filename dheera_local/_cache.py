@@ -38,7 +38,7 @@ from diskcache.core import DBNAME, DEFAULT_SETTINGS, METADATA, MODE_PICKLE, MODE
 
 logger = logging.getLogger("dheera_local")
 
-DEFAULT_SIZE_LIMIT = 2 * 1024**3
+DEFAULT_SIZE_LIMIT = 2 * 1024**3  # as DHEERA_CACHE_SIZE_LIMIT's default (the settings pass the real one)
 _KEY_VERSION = 2
 _LOGIT = struct.Struct(">d")
 _KEYS_PER_SELECT = 500
@@ -191,33 +191,14 @@ def _field(value: str) -> bytes:
     return len(data).to_bytes(8, "big") + data
 
 
-def default_cache_dir() -> Path:
-    """``$DHEERA_CACHE_DIR``, else ``$XDG_CACHE_HOME/dheera_local``, else ``~/.cache/dheera_local``."""
-    if os.environ.get("DHEERA_CACHE_DIR"):
-        return Path(os.environ["DHEERA_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dheera_local"
-
-
-def _size_limit() -> int:
-    raw = os.environ.get("DHEERA_CACHE_SIZE_LIMIT")
-    if not raw:
-        return DEFAULT_SIZE_LIMIT
-    try:
-        return max(int(raw), 1)
-    except ValueError:
-        logger.warning("DHEERA_CACHE_SIZE_LIMIT=%r is not a number of bytes; using %d", raw, DEFAULT_SIZE_LIMIT)
-        return DEFAULT_SIZE_LIMIT
-
-
 class ScoreCache:
     """Raw logits on disk. Every method degrades to a miss (with a warning) instead of raising."""
 
-    def __init__(self, directory: Path, size_limit: int | None = None) -> None:
+    def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
         self.directory = directory
         _make_private_dir(directory)
         check_settings_table(directory)
-        settings = {**_SETTINGS, "size_limit": size_limit or _size_limit()}
+        settings = {**_SETTINGS, "size_limit": size_limit}
         self._cache = _HardenedCache(str(directory), disk=SafeDisk, timeout=10, **settings)
         self._warned_write = False
         self._warned_size = False
@@ -307,44 +288,45 @@ def _make_private_dir(directory: Path) -> None:
         logger.warning("score cache %s is writable by other users; consider chmod 700", directory)
 
 
-_open_caches: dict[Path, ScoreCache] = {}
-_open_lock = threading.Lock()
+class CacheStore:
+    """The open caches, one per folder, shared by every thread; ``close`` closes them all.
 
-
-def _cache_key_path(directory: Path | None) -> Path:
-    return (directory or default_cache_dir()).expanduser().resolve()
-
-
-def is_cache_open(directory: Path | None = None) -> bool:
-    """True when this process already opened the cache for ``directory`` (later lookups are fast)."""
-    path = _cache_key_path(directory)
-    with _open_lock:
-        return path in _open_caches
-
-
-def open_cache(directory: Path | None = None) -> ScoreCache | None:
-    """The process-wide cache for ``directory`` (default: :func:`default_cache_dir`), or None.
-
-    None (after a warning) when the folder cannot be created or its database cannot be opened or
-    is corrupt.
+    A process has one (:data:`SHARED_CACHES`, owned by the runtime: :func:`dheera_local.close_all`);
+    pass another to ``Reranker(cache=...)`` to keep a reranker's caches apart.
     """
-    directory = _cache_key_path(directory)
-    with _open_lock:
-        cache = _open_caches.get(directory)
-        if cache is None:
-            try:
-                cache = ScoreCache(directory)
-            # TypeError, KeyError, ValueError: what diskcache raises on a Settings table it cannot use.
-            except (sqlite3.Error, OSError, diskcache.Timeout, TypeError, KeyError, ValueError) as exc:
-                logger.warning("score cache %s cannot be opened (%s); scoring without a cache", directory, exc)
-                return None
-            _open_caches[directory] = cache
-        return cache
+
+    def __init__(self) -> None:
+        self._open: dict[Path, ScoreCache] = {}
+        self._lock = threading.Lock()
+
+    def is_open(self, directory: Path) -> bool:
+        """True when this store already opened ``directory`` (later lookups are fast)."""
+        path = directory.expanduser().resolve()
+        with self._lock:
+            return path in self._open
+
+    def open(self, directory: Path, size_limit: int = DEFAULT_SIZE_LIMIT) -> ScoreCache | None:
+        """The cache for ``directory``, or None (after a warning) when the folder cannot be created
+        or its database cannot be opened or is corrupt."""
+        directory = directory.expanduser().resolve()
+        with self._lock:
+            cache = self._open.get(directory)
+            if cache is None:
+                try:
+                    cache = ScoreCache(directory, size_limit)
+                # TypeError, KeyError, ValueError: what diskcache raises on a Settings table it cannot use.
+                except (sqlite3.Error, OSError, diskcache.Timeout, TypeError, KeyError, ValueError) as exc:
+                    logger.warning("score cache %s cannot be opened (%s); scoring without a cache", directory, exc)
+                    return None
+                self._open[directory] = cache
+            return cache
+
+    def close(self) -> None:
+        """Close every cache this store opened (a later ``open`` opens it anew)."""
+        with self._lock:
+            for cache in self._open.values():
+                cache.close()
+            self._open.clear()
 
 
-def close_all() -> None:
-    """Close every cache this process opened (tests and servers call this on shutdown)."""
-    with _open_lock:
-        for cache in _open_caches.values():
-            cache.close()
-        _open_caches.clear()
+SHARED_CACHES = CacheStore()

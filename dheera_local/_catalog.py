@@ -1,11 +1,15 @@
-"""The catalog of known models, read from ``models.txt`` (the single source of truth)."""
+"""The catalog of known models, read from ``models.txt`` (the single source of truth), and the one rule
+for what dheera_local scores: cross-encoders only (:func:`check_cross_encoder`)."""
 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from ._errors import LocalBackendError, UnsupportedModelError
 
 CROSS_ENCODER = "cross-encoder"
 LLM_RERANKER = "llm-reranker"
@@ -63,3 +67,39 @@ def lookup(hub_id: str | None) -> KnownModel | None:
     if hub_id is None:
         return None
     return known_models().get(hub_id.lower())
+
+
+def check_cross_encoder(model_id: str | None, folder: Path | None = None, *, strict: bool = True) -> None:
+    """Refuse a model that a CrossEncoder would score with a random or wrong head.
+
+    The rule, applied when a model is planned, pulled and loaded: not an LLM reranker of models.txt,
+    and (given its ``folder``) a ``*ForSequenceClassification`` architecture with 1 or 2 labels.
+
+    Raises:
+        UnsupportedModelError: The model is not a cross-encoder.
+        LocalBackendError: The folder's config.json cannot be read (``strict``; else it passes).
+    """
+    known = lookup(model_id)
+    if known is not None and not known.is_cross_encoder:
+        raise UnsupportedModelError(
+            f"{known.hub_id} is an {known.kind} (an LLM that scores a 'Yes' token), not a cross-encoder; "
+            "loading it as one would score with a randomly initialised head. Use a cross-encoder such as "
+            "BAAI/bge-reranker-v2-m3 (`dheera-local models` lists them)."
+        )
+    if folder is None:
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        if not strict:
+            return
+        raise LocalBackendError(f"{model_id}: cannot read {folder / 'config.json'}: {exc}") from exc
+    architectures = config.get("architectures") or []
+    if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise UnsupportedModelError(
+            f"{model_id} has architecture {architectures[0]}, not a *ForSequenceClassification "
+            "cross-encoder; loading it would score with a randomly initialised head"
+        )
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or 1)
+    if labels > 2:
+        raise UnsupportedModelError(f"{model_id} has {labels} labels; rerankers have 1 (or 2) outputs")

@@ -50,33 +50,54 @@ class TokenCounter:
         return cls(lambda text: [m.span() for m in _WORD.finditer(text)], special_tokens=4)
 
 
-_tokenizers: dict[str, TokenCounter] = {}
-_tokenizers_lock = threading.Lock()
+class TokenizerStore:
+    """Each model folder's tokenizer (loaded without the weights), once per folder; ``clear`` forgets them.
+
+    A process has one (:data:`SHARED_TOKENIZERS`, owned by the runtime: :func:`dheera_local.close_all`).
+    """
+
+    def __init__(self) -> None:
+        self._counters: dict[str, TokenCounter] = {}
+        self._lock = threading.Lock()
+
+    def is_loaded(self, folder: Path) -> bool:
+        """True when the tokenizer of ``folder`` is already loaded."""
+        with self._lock:
+            return str(folder) in self._counters
+
+    def counter_for(self, folder: Path | None) -> TokenCounter:
+        """The model's tokenizer from its folder; whitespace words without one."""
+        if folder is None:
+            return TokenCounter.words()
+        key = str(folder)
+        with self._lock:
+            if key not in self._counters:
+                self._counters[key] = _load_counter(key)
+            return self._counters[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counters.clear()
 
 
-def is_counter_loaded(folder: Path) -> bool:
-    """True when the tokenizer of ``folder`` is already loaded in this process."""
-    with _tokenizers_lock:
-        return str(folder) in _tokenizers
+def _load_counter(folder: str) -> TokenCounter:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def spans(text: str) -> Spans:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+        return [tuple(span) for span in encoded["offset_mapping"]]
+
+    return TokenCounter(spans, tokenizer.num_special_tokens_to_add(pair=True))
+
+
+SHARED_TOKENIZERS = TokenizerStore()
 
 
 def counter_for(folder: Path | None) -> TokenCounter:
-    """The model's tokenizer from its folder (no weights loaded), cached per folder."""
-    if folder is None:
-        return TokenCounter.words()
-    key = str(folder)
-    with _tokenizers_lock:
-        if key not in _tokenizers:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(key, local_files_only=True)
-
-            def spans(text: str) -> Spans:
-                encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
-                return [tuple(span) for span in encoded["offset_mapping"]]
-
-            _tokenizers[key] = TokenCounter(spans, tokenizer.num_special_tokens_to_add(pair=True))
-        return _tokenizers[key]
+    """The tokenizer of ``folder`` from the shared store."""
+    return SHARED_TOKENIZERS.counter_for(folder)
 
 
 def document_windows(query: str, texts: list[str], settings: ChunkSettings, counter: TokenCounter) -> list[list[str]]:

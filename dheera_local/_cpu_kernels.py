@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import torch
 from torch import nn
@@ -25,9 +24,12 @@ _PROBE_TOLERANCE = 0.05  # logits; bf16 fused GELU rounds once instead of twice
 Swapped = list[tuple[nn.Module, str, nn.Module]]  # (parent, attribute, original module)
 
 
-def packing_available(device: str, dtype: torch.dtype) -> bool:
-    """True when this torch build and CPU can run prepacked oneDNN linears for ``dtype``."""
-    if os.environ.get("DHEERA_CPU_KERNELS", "").lower() == EAGER:
+def packing_available(device: str, dtype: torch.dtype, cpu_kernels: str = "auto") -> bool:
+    """True when this torch build and CPU can run prepacked oneDNN linears for ``dtype``.
+
+    ``cpu_kernels="eager"`` (``DHEERA_CPU_KERNELS``, read by the settings) turns packing off.
+    """
+    if cpu_kernels == EAGER:
         return False
     if torch.device(device).type != "cpu" or dtype != torch.bfloat16:
         return False

@@ -1,5 +1,7 @@
 """Finding model weights on this machine, without any network call.
 
+The hub cache folder comes from the settings (:mod:`._settings`); without one, from the environment.
+
 A model is "on the machine" when a local folder, or a snapshot in the huggingface_hub cache,
 holds its config, its weights and its tokenizer. The revision found on disk (the snapshot's
 commit, or a fingerprint of a plain folder's weight files) becomes part of the score-cache key,
@@ -11,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._model_ref import ModelKind, ModelRef
+from ._settings import hub_cache_dir
 
 logger = logging.getLogger("dheera_local")
 
@@ -31,28 +33,6 @@ class LocalWeights:
     path: Path
     model_id: str
     revision: str
-
-
-def hub_cache_dir() -> Path:
-    """The huggingface_hub cache folder, read from the environment at call time.
-
-    huggingface_hub reads these variables once at import; reading them per call lets a process
-    (or a test) point HF_HOME / HF_HUB_CACHE elsewhere after import, with the same precedence.
-    """
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(variable):
-            return Path(os.environ[variable]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
-
-
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no calls to HuggingFace."""
-    values = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return any(value.strip().upper() in ("1", "ON", "YES", "TRUE") for value in values)
 
 
 def missing_files(folder: Path) -> list[str]:
@@ -81,14 +61,14 @@ def _has_weights(folder: Path) -> bool:
     return False
 
 
-def find_local_weights(ref: ModelRef) -> LocalWeights | None:
-    """The complete weights for ``ref`` on this machine, or None."""
+def find_local_weights(ref: ModelRef, hub_cache: Path | None = None) -> LocalWeights | None:
+    """The complete weights for ``ref`` on this machine (a folder, or a snapshot in ``hub_cache``), or None."""
     if ref.kind is ModelKind.PATH and ref.path is not None:
         if missing_files(ref.path):
             return None
         return LocalWeights(ref.path, str(ref.path), folder_fingerprint(ref.path))
     if ref.kind is ModelKind.HUB and ref.hub_id is not None:
-        return find_in_hub_cache(ref.hub_id)
+        return find_in_hub_cache(ref.hub_id, hub_cache)
     return None
 
 

@@ -2,7 +2,8 @@
 
 ``auto`` device: cuda, then mps, then cpu. ``auto`` precision: bf16 (else fp16) on CUDA, fp16 on
 MPS; on CPU bf16 only where the CPU computes it natively (AVX512-BF16 or AMX), because emulated
-bf16 is several times slower than fp32 there.
+bf16 is several times slower than fp32 there. torch is imported when a choice is made (a local
+model is planned), not when this module is.
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from ._errors import InvalidRequestError
 
 _DTYPE_NAMES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
 }
 
 
@@ -43,6 +43,8 @@ class CpuFeatures:
 @functools.cache
 def cpu_features() -> CpuFeatures:
     """Detect this CPU's features (torch's own probes, else /proc/cpuinfo flags)."""
+    import torch
+
     probes = torch.cpu
     try:
         return CpuFeatures(
@@ -68,6 +70,8 @@ def _proc_cpuinfo_flags() -> set[str]:
 
 def resolve_device(requested: str | None) -> str:
     """The torch device to run on: ``auto``/None picks cuda, then mps, then cpu."""
+    import torch
+
     if requested is None or requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -87,13 +91,15 @@ def resolve_device(requested: str | None) -> str:
     return str(device)
 
 
-def resolve_dtype(requested: str | None, device: str, features: CpuFeatures | None = None) -> torch.dtype:
-    """The precision to hold the weights in; ``auto``/None follows the module rule above."""
+def resolve_dtype(requested: str | None, device: str, features: CpuFeatures | None = None) -> Any:
+    """The ``torch.dtype`` to hold the weights in; ``auto``/None follows the module rule above."""
+    import torch
+
     if requested is not None and requested != "auto":
         if not isinstance(requested, str) or requested.lower() not in _DTYPE_NAMES:
             names = ", ".join(["auto", *sorted(_DTYPE_NAMES)])
             raise InvalidRequestError(f"dtype {requested!r} is not one of: {names}", field="dtype")
-        return _DTYPE_NAMES[requested.lower()]
+        return getattr(torch, _DTYPE_NAMES[requested.lower()])
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -103,6 +109,6 @@ def resolve_dtype(requested: str | None, device: str, features: CpuFeatures | No
     return torch.bfloat16 if features.native_bf16 else torch.float32
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: Any) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``."""
     return str(dtype).removeprefix("torch.")

@@ -19,17 +19,19 @@ from typing import Any
 
 import httpx
 
-from ._cache import KeyMaker, ScoreCache, is_cache_open, open_cache
-from ._chunking import ChunkSettings, TokenCounter, counter_for, document_windows, is_counter_loaded
+from ._cache import SHARED_CACHES, CacheStore, KeyMaker, ScoreCache
+from ._chunking import ChunkSettings, TokenCounter, document_windows
 from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
 from ._model_ref import parse_model
-from ._request import RerankOptions, RerankRequest, build_options, build_request
+from ._options import RerankOptions, build_options
+from ._request import RerankRequest, build_request
 from ._response import BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy
 from ._selector import DEFAULT_MAX_LENGTH, Plan, Selector
+from ._settings import Settings
 from .backends._http import HttpClients, RetryPolicy
 from .backends.base import Backend, ascore_pairs, score_pairs
+from .backends.factory import Backends
 from .backends.local import LocalBackend
-from .backends.remote import RemoteFactory
 
 logger = logging.getLogger("dheera_local")
 
@@ -115,29 +117,51 @@ class _Work:
 
 
 class Reranker:
-    """Owns the resources of reranking (HTTP clients, backend selection); thread- and task-safe.
+    """Serves rerank requests; owns its backends' resources (HTTP clients); thread- and task-safe.
 
-    ``dheera_local.rerank`` uses a process-wide instance. Create your own to inject an httpx
-    transport or a retry policy (and close it when done), or to wrap local backends (the server's
-    micro-batcher does).
+    ``dheera_local.rerank`` uses a default instance (made on first use, closed by
+    :func:`dheera_local.close_all`). Make your own to inject settings, a cache store, backends, an
+    httpx transport or a retry policy, and close it when done (or use it as a context manager).
 
     Args:
-        retry: Timeouts, attempts and backoff for remote calls.
+        settings: What the environment would say (default: :meth:`Settings.from_env`, read now).
+        cache: The store of open score caches (default: the process's).
+        backends: What builds the backends (default: one from ``settings``, ``retry`` and the transports).
+        retry: Timeouts, attempts and backoff for remote calls (ignored with ``backends``).
         transport: An ``httpx.BaseTransport`` for the sync client (tests pass a MockTransport).
         async_transport: An ``httpx.AsyncBaseTransport`` for the async clients.
-        local_wrapper: Called with each local backend the selector plans; returns the backend to use.
+        local_wrapper: Called with each local backend planned; returns the backend to use (the proxy's
+            micro-batcher). Ignored with ``backends``.
     """
 
     def __init__(
         self,
         *,
+        settings: Settings | None = None,
+        cache: CacheStore | None = None,
+        backends: Backends | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
         local_wrapper: Callable[[LocalBackend], Backend] | None = None,
     ) -> None:
-        self.remote = RemoteFactory(HttpClients(transport, async_transport), retry)
-        self.selector = Selector(self.remote, local_wrapper)
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.caches = cache if cache is not None else SHARED_CACHES
+        self.backends = backends or Backends(
+            self.settings, clients=HttpClients(transport, async_transport), retry=retry, local_wrapper=local_wrapper
+        )
+        self.selector = Selector(self.backends, self.settings)
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def plan(self, model: str, **options: Any) -> Plan:
+        """What would serve ``model`` with ``options`` (the keyword options of ``rerank``): the
+        candidates in order, the local backend if any, the model's identity. Loads nothing."""
+        return self.selector.plan(parse_model(model), build_options(**options))
 
     def rerank(
         self, model: str, query: str, documents: list[Any], top_n: int | None = None,
@@ -166,7 +190,7 @@ class Reranker:
         if not request.texts:
             return _empty_response(request)
         plan = self.selector.plan(request.model, request.options)  # file checks only: no weights load
-        if _prepared_quickly(request, plan):
+        if self._prepared_quickly(request, plan):
             # A cache lookup is one SQLite SELECT (WAL: readers never wait on writers): cheaper on the
             # event loop than the ~1 ms a worker-thread round trip costs on a busy machine.
             work, windows = self._prepare_request(request, plan)
@@ -176,7 +200,7 @@ class Reranker:
         return _response(request, work, windows)
 
     def _prepare_request(self, request: RerankRequest, plan: Plan) -> tuple[_Work, list[list[str]]]:
-        windows = _windows(request, plan)
+        windows = self._windows(request, plan)
         pairs = [(request.query, window) for document in windows for window in document]
         return self._lookup(plan, request.options, pairs), windows
 
@@ -207,8 +231,13 @@ class Reranker:
     def _plan_and_lookup(self, ref: Any, options: RerankOptions, pairs: list[Pair]) -> _Work:
         return self._lookup(self.selector.plan(ref, options), options, pairs)
 
+    def _open_cache(self, options: RerankOptions) -> ScoreCache | None:
+        if not options.cache:
+            return None
+        return self.caches.open(options.cache_dir or self.settings.cache_dir, self.settings.cache_size_limit)
+
     def _lookup(self, plan: Plan, options: RerankOptions, pairs: list[Pair]) -> _Work:
-        cache = open_cache(options.cache_dir) if options.use_cache else None
+        cache = self._open_cache(options)
         work = _Work(plan, cache, list(dict.fromkeys(pairs)))
         if cache is None:
             return work
@@ -257,13 +286,36 @@ class Reranker:
             return
         raise _all_failed(work)
 
+    def _prepared_quickly(self, request: RerankRequest, plan: Plan) -> bool:
+        """True when preparing ``request`` does no slow first-time work (open a cache, load a model or
+        a tokenizer), so it may run on the event loop."""
+        options = request.options
+        if options.cache:
+            if not self.caches.is_open(options.cache_dir or self.settings.cache_dir):
+                return False
+            if plan.local is not None and not plan.local.numerics_known():
+                return False  # naming the cache identity loads the model
+        chunking = request.max_chunks_per_doc is not None or request.max_tokens_per_doc is not None
+        return not chunking or plan.weights is None or self.backends.tokenizers.is_loaded(plan.weights.path)
+
+    def _windows(self, request: RerankRequest, plan: Plan) -> list[list[str]]:
+        settings = ChunkSettings(
+            max_length=plan.identity.max_length or DEFAULT_MAX_LENGTH,
+            max_chunks_per_doc=request.max_chunks_per_doc,
+            max_tokens_per_doc=request.max_tokens_per_doc,
+        )
+        if not settings.enabled:
+            return document_windows(request.query, request.texts, settings, TokenCounter.words())
+        counter = self.backends.tokenizers.counter_for(plan.weights.path if plan.weights is not None else None)
+        return document_windows(request.query, request.texts, settings, counter)
+
     def close(self) -> None:
         """Close the HTTP clients this reranker opened."""
-        self.remote.close()
+        self.backends.close()
 
     async def aclose(self) -> None:
         """Close the HTTP clients, including this event loop's async client."""
-        await self.remote.aclose()
+        await self.backends.aclose()
 
 
 def _record_failure(work: _Work, backend: Backend, exc: BackendError) -> None:
@@ -286,27 +338,6 @@ def _all_failed(work: _Work) -> AllBackendsFailedError:
     else:
         hint = "Fix: check the endpoint and api_key above, or pass backend='local' / 'remote' to choose one"
     return AllBackendsFailedError(f"every backend failed for {model}: {tried}. {hint}", work.failures)
-
-
-def _prepared_quickly(request: RerankRequest, plan: Plan) -> bool:
-    """True when preparing ``request`` does no slow first-time work (open a cache, load a tokenizer)."""
-    options = request.options
-    if options.use_cache and not is_cache_open(options.cache_dir):
-        return False
-    if options.use_cache and plan.local is not None and not plan.local.numerics_known():
-        return False  # naming the cache identity loads the model
-    chunking = request.max_chunks_per_doc is not None or request.max_tokens_per_doc is not None
-    return not chunking or plan.local is None or is_counter_loaded(plan.local.weights.path)
-
-
-def _windows(request: RerankRequest, plan: Plan) -> list[list[str]]:
-    settings = ChunkSettings(
-        max_length=plan.identity.max_length or DEFAULT_MAX_LENGTH,
-        max_chunks_per_doc=request.max_chunks_per_doc,
-        max_tokens_per_doc=request.max_tokens_per_doc,
-    )
-    counter = counter_for(plan.local.weights.path if plan.local is not None else None) if settings.enabled else None
-    return document_windows(request.query, request.texts, settings, counter or TokenCounter.words())
 
 
 def _response(request: RerankRequest, work: _Work, windows: list[list[str]]) -> RerankResponse:

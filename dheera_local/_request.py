@@ -9,39 +9,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
-from . import _secrets as secrets
 from ._errors import InvalidRequestError
 from ._model_ref import ModelRef, parse_model
+from ._options import MIN_MAX_LENGTH, RerankOptions, build_options, check_flag, check_optional_int
 
-BACKENDS = ("auto", "local", "remote")
-MIN_MAX_LENGTH = 8
 # A query is cut to the model's window anyway (1,024 tokens at most by default, 8,192 positions for
 # the longest models); a longer one only costs memory, time and upload (HF hosted repeats it per pair).
 MAX_QUERY_CHARS = 100_000
 # Structured documents are flat records; deeper nesting only serves to exhaust a recursive parser.
 MAX_DOCUMENT_DEPTH = 32
-
-
-@dataclass(frozen=True)
-class RerankOptions:
-    """How to serve a request: backend choice, endpoint, cache and local-engine settings."""
-
-    backend: str = "auto"
-    api_base: str | None = None
-    api_key: SecretStr | None = None
-    use_cache: bool = True
-    cache_dir: Path | None = None
-    device: str | None = None
-    dtype: str | None = None
-    max_length: int | None = None
-    raw_scores: bool = False
-    timeout: float | None = None
-    batch_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,43 +57,11 @@ def build_request(
         query=_query(query),
         texts=[_text_of(doc, index, fields) for index, doc in enumerate(docs)],
         documents=[{"text": doc} if isinstance(doc, str) else dict(doc) for doc in docs],
-        top_n=_optional_int(top_n, "top_n", minimum=1),
-        return_documents=_flag(return_documents, "return_documents"),
-        max_chunks_per_doc=_optional_int(max_chunks_per_doc, "max_chunks_per_doc", minimum=1),
-        max_tokens_per_doc=_optional_int(max_tokens_per_doc, "max_tokens_per_doc", minimum=MIN_MAX_LENGTH),
+        top_n=check_optional_int(top_n, "top_n"),
+        return_documents=check_flag(return_documents, "return_documents"),
+        max_chunks_per_doc=check_optional_int(max_chunks_per_doc, "max_chunks_per_doc"),
+        max_tokens_per_doc=check_optional_int(max_tokens_per_doc, "max_tokens_per_doc", MIN_MAX_LENGTH),
         options=build_options(**options),
-    )
-
-
-def build_options(
-    *,
-    api_base: object = None,
-    api_key: object = None,
-    backend: object = "auto",
-    cache: object = True,
-    cache_dir: object = None,
-    device: object = None,
-    dtype: object = None,
-    max_length: object = None,
-    raw_scores: object = False,
-    timeout: object = None,
-    batch_tokens: object = None,
-) -> RerankOptions:
-    """Validate the keyword options shared by every entry point."""
-    if backend not in BACKENDS:
-        raise InvalidRequestError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}", field="backend")
-    return RerankOptions(
-        backend=str(backend),
-        api_base=_api_base(api_base),
-        api_key=_api_key(api_key),
-        use_cache=_flag(cache, "cache"),
-        cache_dir=_optional_path(cache_dir, "cache_dir"),
-        device=_optional_str(device, "device"),
-        dtype=_optional_str(dtype, "dtype"),
-        max_length=_optional_int(max_length, "max_length", minimum=MIN_MAX_LENGTH),
-        raw_scores=_flag(raw_scores, "raw_scores"),
-        timeout=_timeout(timeout),
-        batch_tokens=_optional_int(batch_tokens, "batch_tokens", minimum=1),
     )
 
 
@@ -222,68 +168,3 @@ def _check_object(doc: dict[str, Any], index: int) -> None:
                 raise InvalidRequestError(message, field="documents", index=index)
             items = [*value.keys(), *value.values()] if isinstance(value, dict) else list(value)
             pending.extend((item, depth + 1) for item in items)
-
-
-def _optional_int(value: object, name: str, *, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequestError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
-    if value < minimum:
-        raise InvalidRequestError(f"{name} must be >= {minimum}, got {value}", field=name)
-    return value
-
-
-def _flag(value: object, name: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise InvalidRequestError(f"{name} must be true or false, got {value!r}", field=name)
-    return value
-
-
-def _optional_str(value: object, name: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}", field=name)
-
-
-def _optional_path(value: object, name: str) -> Path | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, Path)):
-        return Path(value).expanduser()
-    raise InvalidRequestError(f"{name} must be a folder path, got {type(value).__name__}", field=name)
-
-
-def _api_base(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise InvalidRequestError(f"api_base must be an http:// or https:// URL, got {value!r}", field="api_base")
-    return value
-
-
-def _api_key(value: object) -> SecretStr | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, SecretStr):
-        secrets.register(value.get_secret_value())
-        return value
-    if not isinstance(value, str):
-        raise InvalidRequestError("api_key must be a string", field="api_key")
-    secrets.register(value)
-    return SecretStr(value)
-
-
-def _timeout(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError as exc:
-            raise InvalidRequestError(f"timeout must be a number of seconds, got {value!r}", field="timeout") from exc
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {value!r}", field="timeout")
-    return float(value)

@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._console import quiet_weight_loading
 from ._errors import DheeraError, InvalidRequestError
+from ._options import add_engine_options, engine_options
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -40,6 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_runtime()
+
+
+def _close_runtime() -> None:
+    """The CLI owns its process: close what it shares (caches, models), if a command opened any."""
+    runtime = sys.modules.get("dheera_local._runtime")
+    if runtime is not None:
+        runtime.close_all()
 
 
 def _is_seed_serve_form(argv: list[str]) -> bool:
@@ -52,12 +63,6 @@ def _is_seed_serve_form(argv: list[str]) -> bool:
 def _configure_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # the weight-loading bar is noise for a CLI
-    except ImportError:
-        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,19 +87,6 @@ def _command(
     return parser
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``rerank`` and ``score``: backend, endpoint, cache, device, precision."""
-    parser.add_argument("--backend", choices=("auto", "local", "remote"), default="auto")
-    parser.add_argument("--api-base", help="TEI- or Cohere-compatible endpoint URL")
-    parser.add_argument("--api-key", help="endpoint key (HF hosted defaults to $HF_TOKEN)")
-    parser.add_argument("--device", help="torch device for the local backend (default: auto)")
-    parser.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
-    parser.add_argument("--max-length", type=int, help="tokens per (query, document) pair")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write the score cache")
-    parser.add_argument("--cache-dir", help="score cache folder")
-    parser.add_argument("--timeout", type=float, help="seconds one remote request may take, answer included")
-
-
 def _add_rerank(commands: Any) -> None:
     parser = _command(commands, "rerank", _cmd_rerank, "Rerank documents for a query; prints the JSON response.")
     parser.add_argument("--model", required=True, help="huggingface/ORG/NAME, ORG/NAME or a model folder")
@@ -103,7 +95,6 @@ def _add_rerank(commands: Any) -> None:
     parser.add_argument("--documents-file", help="one document per line, or JSONL (strings or objects)")
     parser.add_argument("--top-n", type=int)
     parser.add_argument("--return-documents", action="store_true")
-    parser.add_argument("--raw-scores", action="store_true", help="logits instead of sigmoid scores")
     parser.add_argument("--rank-fields", help="comma-separated fields of object documents to score")
     parser.add_argument("--max-chunks-per-doc", type=int, help="score long documents as up to N windows")
     parser.add_argument("--max-tokens-per-doc", type=int, help="score up to N tokens of each document")
@@ -145,32 +136,17 @@ def _add_score(commands: Any) -> None:
 
     parser = _command(commands, "score", run_score, "Score (query, document) pairs from a JSONL, CSV or Parquet file.")
     add_score_arguments(parser)
-    add_engine_options(parser)
-
-
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The rerank() keyword options named by :func:`add_engine_options`."""
-    return {
-        "backend": args.backend,
-        "api_base": args.api_base,
-        "api_key": args.api_key,
-        "device": args.device,
-        "dtype": args.dtype,
-        "max_length": args.max_length,
-        "cache": not args.no_cache,
-        "cache_dir": args.cache_dir,
-        "timeout": args.timeout,
-    }
 
 
 def _cmd_rerank(args: argparse.Namespace) -> int:
     from ._api import rerank
 
+    quiet_weight_loading()
     documents = _read_documents(args)
     rank_fields = [f.strip() for f in args.rank_fields.split(",") if f.strip()] if args.rank_fields else None
     response = rerank(
         args.model, args.query, documents, top_n=args.top_n, return_documents=args.return_documents,
-        raw_scores=args.raw_scores, rank_fields=rank_fields, max_chunks_per_doc=args.max_chunks_per_doc,
+        rank_fields=rank_fields, max_chunks_per_doc=args.max_chunks_per_doc,
         max_tokens_per_doc=args.max_tokens_per_doc, **engine_options(args),
     )  # fmt: skip
     print(response.model_dump_json(indent=2))
@@ -227,10 +203,12 @@ def _json_document(line: str) -> Any:
 def _cmd_models(args: argparse.Namespace) -> int:
     from ._catalog import known_models
     from ._discovery import find_in_hub_cache
+    from ._settings import Settings
 
+    hub_cache = Settings.from_env().hub_cache
     rows = []
     for model in known_models().values():
-        weights = find_in_hub_cache(model.hub_id)
+        weights = find_in_hub_cache(model.hub_id, hub_cache)
         rows.append({
             "model": model.hub_id, "kind": model.kind, "max_length": model.max_length, "params": model.params,
             "languages": model.languages, "license": model.license,
@@ -252,12 +230,14 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     from ._discovery import find_local_weights
     from ._model_ref import parse_model
     from ._pull import pull
+    from ._settings import Settings
 
+    settings = Settings.from_env()
     status = 0
     for model in args.models:
         try:
-            weights = find_local_weights(parse_model(model)) if args.if_missing else None
-            weights = weights or pull(model, revision=args.revision)
+            weights = find_local_weights(parse_model(model), settings.hub_cache) if args.if_missing else None
+            weights = weights or pull(model, settings, revision=args.revision)
         except DheeraError as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = EXIT_ERROR
@@ -267,9 +247,12 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from ._cache import open_cache
+    from ._cache import SHARED_CACHES
+    from ._settings import Settings
 
-    cache = open_cache(Path(args.cache_dir) if args.cache_dir else None)
+    settings = Settings.from_env()
+    folder = Path(args.cache_dir) if args.cache_dir else settings.cache_dir
+    cache = SHARED_CACHES.open(folder, settings.cache_size_limit)
     if cache is None:
         print("error: the score cache cannot be opened (see the warning above)", file=sys.stderr)
         return EXIT_ERROR

@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ._errors import InvalidRequestError
-from .score.runner import text_problem
+from ._orchestrator import Reranker
+from .score.rows import text_problem
 from .score.workers import Engine, score_chunk
 
 MISSING_RAY = "dheera_local.ray needs Ray Data: pip install 'dheera_local[ray]'"
@@ -65,9 +66,11 @@ class PairScorer:
         self.query_field = query_field
         self.document_field = document_field
         self.bad_rows = bad_rows
-        self.engine = Engine(model, options, batch_tokens)
-        self.reranker = self.engine.reranker()
-        local = self.engine.local_backend()
+        if batch_tokens is not None:
+            options = {**options, "batch_tokens": batch_tokens}
+        self.engine = Engine(model, options)
+        self.reranker = Reranker()
+        local = self.engine.plan(self.reranker).local
         if local is not None:
             local.model()  # load now, once per actor, rather than inside the first batch
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dheera_local import Reranker, testing
+from dheera_local._runtime import close_default
 from loopback import FAST, Servers
 
 # The seed docs' example query and documents.
@@ -74,7 +75,7 @@ def closed_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub_cache: Path) -> Path:
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub_cache: Path) -> Iterator[Path]:
     """Every test: its own score cache, the tiny HF cache, no tokens, no route to the internet."""
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setenv("HF_HOME", str(hub_cache.parent))
@@ -90,7 +91,9 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub_cache: Pat
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
     logging.getLogger("dheera_local").setLevel(logging.INFO)
-    return tmp_path
+    close_default()  # the module functions' Reranker reads the settings when made: this test's environment
+    yield tmp_path
+    close_default()
 
 
 @pytest.fixture

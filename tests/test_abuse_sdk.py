@@ -22,8 +22,7 @@ import pytest
 
 import dheera_local
 from conftest import TINY_BERT_ID
-from dheera_local import AllBackendsFailedError, InvalidRequestError, Reranker, RetryPolicy, testing
-from dheera_local._cache import close_all
+from dheera_local import AllBackendsFailedError, InvalidRequestError, Reranker, RetryPolicy, close_all, testing
 from loopback import FAST, Fault, Servers, by_index, call, reference_logits
 
 QUERY = "what is the capital of the united states"

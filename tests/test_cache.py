@@ -15,10 +15,8 @@ import pytest
 import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import Reranker
-from dheera_local._cache import ModelIdentity, ScoreCache, cache_key, open_cache
+from dheera_local._cache import SHARED_CACHES, ModelIdentity, ScoreCache, cache_key
 from dheera_local._discovery import find_in_hub_cache
-from dheera_local._model_ref import parse_model
-from dheera_local._request import build_options
 
 QUERY = "capital city"
 DOCS = ["washington is the capital", "a river in france", "tokyo"]
@@ -36,7 +34,7 @@ class _Exploit:
 
 def _identity() -> ModelIdentity:
     """The identity the default rerank of TINY_BERT_ID caches under (its numerics included)."""
-    plan = Reranker().selector.plan(parse_model(TINY_BERT_ID), build_options())
+    plan = Reranker().plan(TINY_BERT_ID)
     identity = plan.cache_identity(0)
     weights = find_in_hub_cache(TINY_BERT_ID)
     assert (identity.model_id, identity.revision, identity.max_length) == (weights.model_id, weights.revision, 512)
@@ -103,7 +101,7 @@ def test_read_only_cache_folder_degrades_to_uncached(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_logs_a_warning_and_the_call_succeeds(isolated_env: Path, caplog: pytest.LogCaptureFixture) -> None:
-    cache = open_cache(isolated_env / "score-cache")
+    cache = SHARED_CACHES.open(isolated_env / "score-cache")
     connection = cache._cache._con  # SQLite's own quota: writes fail with "database or disk is full"
     pages = connection.execute("PRAGMA page_count").fetchone()[0]
     connection.execute(f"PRAGMA max_page_count = {pages}")
@@ -147,5 +145,5 @@ def test_several_processes_share_one_cache_folder(isolated_env: Path) -> None:
     ]
     outputs = [p.communicate(timeout=240)[0].decode().strip() for p in procs]
     assert outputs == ["ok"] * 3
-    cache = open_cache(isolated_env / "score-cache")
+    cache = SHARED_CACHES.open(isolated_env / "score-cache")
     assert cache.stats()["entries"] == 3 * 5 * 3

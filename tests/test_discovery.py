@@ -12,8 +12,9 @@ import pytest
 import dheera_local
 from conftest import BERT_REVISION, TINY_BERT_ID
 from dheera_local import ModelNotAvailableError
-from dheera_local._discovery import find_in_hub_cache, folder_fingerprint, hub_cache_dir
+from dheera_local._discovery import find_in_hub_cache, folder_fingerprint
 from dheera_local._model_ref import ModelKind, parse_model
+from dheera_local._settings import hub_cache_dir
 from dheera_local.testing import install_in_hub_cache
 
 QUERY = "capital city"
@@ -40,10 +41,20 @@ def test_hf_home_and_hf_hub_cache_are_honoured(monkeypatch: pytest.MonkeyPatch, 
     assert hub_cache_dir() == hub_cache
     assert dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, backend="local").backend == "local"
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    dheera_local.close_all()  # the default Reranker read its settings when made: the next one reads these
     with pytest.raises(ModelNotAvailableError, match="dheera-local pull"):
         dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, backend="local")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))  # HF_HUB_CACHE takes priority over HF_HOME
+    dheera_local.close_all()
     assert dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, backend="local", cache=False).backend == "local"
+
+
+def test_an_injected_reranker_keeps_its_settings(monkeypatch: pytest.MonkeyPatch, hub_cache: Path) -> None:
+    reranker = dheera_local.Reranker(settings=dheera_local.Settings.from_env())
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-hub-cache")
+    assert reranker.rerank(TINY_BERT_ID, QUERY, DOCS, backend="local", cache=False).backend == "local"
+    with pytest.raises(ModelNotAvailableError, match="/nonexistent-hub-cache"):
+        dheera_local.Reranker().rerank(TINY_BERT_ID, QUERY, DOCS, backend="local", cache=False)
 
 
 def test_discovery_works_with_hf_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:

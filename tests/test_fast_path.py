@@ -34,8 +34,9 @@ DOCS = [
 def test_packing_applies_only_to_cpu_bf16_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not packing_available("cpu", torch.float32)
     assert not packing_available("cuda", torch.bfloat16)
+    assert not packing_available("cpu", torch.bfloat16, cpu_kernels="eager")
     monkeypatch.setenv("DHEERA_CPU_KERNELS", "eager")
-    assert not packing_available("cpu", torch.bfloat16)
+    assert dheera_local.Settings.from_env().cpu_kernels == "eager"
 
 
 @NEEDS_PACKING
@@ -114,13 +115,8 @@ def test_packing_that_raises_leaves_the_eager_model_intact(tiny_bert: Path) -> N
 
 def test_eager_override_gives_the_same_ranking(keyword_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DHEERA_CPU_KERNELS", "eager")
-    from dheera_local.backends.local import unload_all
-
-    unload_all()  # the override applies when a model loads
-    try:
-        eager = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="bfloat16", cache=False)
-    finally:
-        unload_all()
+    dheera_local.close_all()  # the module functions' Reranker reads the settings when made
+    eager = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="bfloat16", cache=False)
     assert eager.meta.dheera_local.kernels == EAGER
     exact = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="float32", cache=False)
     assert {r.index for r in eager.results[:3]} == {r.index for r in exact.results[:3]} == {0, 2, 5}

@@ -134,19 +134,23 @@ def test_response_reports_device_and_dtype() -> None:
 
 def test_one_load_per_model_device_dtype_even_under_concurrency() -> None:
     from dheera_local._discovery import find_in_hub_cache
-    from dheera_local.backends.local import load_model
+    from dheera_local.backends.local import LoadKey, ModelStore
 
     weights = find_in_hub_cache(TINY_BERT_ID)
-    loaded = []
+    store, loaded = ModelStore(), []
+
+    def key(dtype: torch.dtype) -> LoadKey:
+        return LoadKey(str(weights.path), weights.revision, "cpu", dtype)
+
     threads = [
-        threading.Thread(target=lambda: loaded.append(load_model(weights, "cpu", torch.float32))) for _ in range(6)
+        threading.Thread(target=lambda: loaded.append(store.load(weights, key(torch.float32)))) for _ in range(6)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert len({id(model) for model in loaded}) == 1
-    assert load_model(weights, "cpu", torch.bfloat16) is not loaded[0]
+    assert store.load(weights, key(torch.bfloat16)) is not loaded[0]
 
 
 def test_threads_with_different_max_length_on_one_model_each_get_their_own_truncation(keyword_model: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import uuid
@@ -30,6 +31,18 @@ def test_rerank_signature_is_the_contract() -> None:
         assert params[: len(expected)] == expected
         assert inspect.signature(function).parameters["backend"].default == "auto"
     assert inspect.iscoroutinefunction(dheera_local.arerank)
+
+
+def test_the_signatures_spell_out_every_option_with_its_default() -> None:
+    from dheera_local._options import RerankOptions
+
+    options = {f.name: f.default for f in dataclasses.fields(RerankOptions)}
+    request = {"top_n": None, "return_documents": False, "rank_fields": None, "max_chunks_per_doc": None,
+               "max_tokens_per_doc": None}  # fmt: skip
+    for function in (dheera_local.rerank, dheera_local.arerank):
+        parameters = inspect.signature(function).parameters
+        keywords = {name: p.default for name, p in parameters.items() if name not in ("model", "query", "documents")}
+        assert keywords == {**options, **request}, function.__name__
 
 
 def test_seed_sdk_example_runs_unchanged_and_matches_the_response_shape() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_batch_score import FLOAT32, make_rows, read_jsonl, write_jsonl
+from test_score_file import FLOAT32, make_rows, read_jsonl, write_jsonl
 
 from dheera_local import InvalidRequestError, Reranker
 from dheera_local.cli import main

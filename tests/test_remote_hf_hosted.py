@@ -8,7 +8,7 @@ import pytest
 
 import dheera_local
 from dheera_local import AllBackendsFailedError, Reranker
-from dheera_local.backends.hf_hosted import DEFAULT_HF_INFERENCE_URL, hf_inference_base
+from dheera_local._settings import DEFAULT_HF_INFERENCE_URL, Settings
 from dheera_local.testing import build_cross_encoder
 from loopback import Fault, LoopbackServer, Servers, by_index, call, reference_logits
 
@@ -81,13 +81,14 @@ def test_the_base_url_comes_from_the_environment(hf: LoopbackServer, monkeypatch
     dheera_local.rerank(REMOTE_ID, QUERY, DOCS, cache=False)
     assert hf.paths() == [f"POST /models/{REMOTE_ID}"]
     monkeypatch.delenv("DHEERA_HF_INFERENCE_URL")
-    assert hf_inference_base() == DEFAULT_HF_INFERENCE_URL == "https://router.huggingface.co/hf-inference"
+    assert Settings.from_env().hf_inference_url == DEFAULT_HF_INFERENCE_URL == "https://router.huggingface.co/hf-inference"
 
 
 def test_token_precedence_api_key_then_hf_token_then_saved_token(
     hf: LoopbackServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     def sent(**options: object) -> str | None:
+        dheera_local.close_all()  # settings are read when the default Reranker is made: read them now
         dheera_local.rerank(REMOTE_ID, QUERY, DOCS[:1], cache=False, **options)
         return hf.scoring()[-1].headers.get("authorization")
 

@@ -217,7 +217,7 @@ def test_timeouts_refusals_and_successes_log_no_token(tei: LoopbackServer, caplo
 def test_a_call_and_a_backend_repr_hide_the_token() -> None:
     assert TOKEN not in repr(Call("POST", "https://h/rerank", "TEI endpoint", "tei", token=TOKEN))
     reranker = fast()
-    backend = reranker.remote.tei("https://h", SecretStr(TOKEN), None)
+    backend = reranker.backends.tei("https://h", SecretStr(TOKEN), None)
     assert TOKEN not in repr(backend) and TOKEN not in str(backend.describe())
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_batch_score import FLOAT32, make_rows, read_jsonl, write_jsonl
+from test_score_file import FLOAT32, make_rows, read_jsonl, write_jsonl
 
 from dheera_local import Reranker
 from dheera_local.cli import main

@@ -175,7 +175,7 @@ def test_local_and_remote_scores_agree(
     if kind == "hf":
         server = servers.hf({TINY_BERT_ID: tiny_bert})
         monkeypatch.setenv("DHEERA_HF_INFERENCE_URL", server.url)
-        remote = dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, **options)
+        remote = dheera_local.Reranker().rerank(TINY_BERT_ID, QUERY, DOCS, **options)  # reads the new setting
     elif kind == "tei":
         server = servers.tei(tiny_bert)
         remote = dheera_local.rerank(f"huggingface/{TINY_BERT_ID}", QUERY, DOCS, api_base=server.url, **options)

@@ -6,6 +6,17 @@
 ...                              output=Path("scores.jsonl")))  # doctest: +SKIP
 """
 
-from .runner import ScoreJob, ScoreReport, score_file
+from typing import Any
+
+from .job import ScoreJob, ScoreReport
 
 __all__ = ["ScoreJob", "ScoreReport", "score_file"]
+
+
+def __getattr__(name: str) -> Any:
+    # The engine (and with it httpx, torch when local) loads only when a run is asked for.
+    if name == "score_file":
+        from .runner import score_file
+
+        return score_file
+    raise AttributeError(f"module 'dheera_local.score' has no attribute {name!r}")

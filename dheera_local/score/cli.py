@@ -1,4 +1,4 @@
-"""``dheera-local score``: the arguments and the command (the engine options come from ``cli.py``)."""
+"""``dheera-local score``: the arguments and the command (the engine options come from :mod:`.._options`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from .._console import quiet_weight_loading
 from .._errors import InvalidRequestError
-from .runner import DEFAULT_CHUNK_SIZE, ScoreJob, ScoreReport, score_file
+from .._options import add_engine_options, engine_options
+from .job import DEFAULT_CHUNK_SIZE, ScoreJob, ScoreReport
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``score`` command's own options (``add_engine_options`` adds backend, device, dtype, ...)."""
+    """The ``score`` command's options: its own, then the engine's (backend, device, dtype, ...)."""
     parser.add_argument("--model", required=True, help="huggingface/ORG/NAME, ORG/NAME or a model folder")
     # Strings, not Paths: with --engine ray they may be URLs (Path("s3://b/k") drops a slash).
     parser.add_argument("--input", required=True, help="pairs: .jsonl, .csv, .tsv or .parquet")
@@ -30,19 +32,18 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
         help=f"records per chunk: the unit of scoring and of resuming (default {DEFAULT_CHUNK_SIZE})",
     )  # fmt: skip
-    parser.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (local backend)")
     parser.add_argument(
         "--workers", type=int,
         help="local worker processes (default: one per GPU), or concurrent chunks for a remote backend; "
         "with --engine ray, the actor pool size",
     )  # fmt: skip
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="this machine, or a Ray cluster")
+    add_engine_options(parser, exclude=("raw_scores",))  # the output has both the score and the logit
 
 
 def run_score(args: argparse.Namespace) -> int:
     """Run ``dheera-local score``; returns the exit status."""
-    from ..cli import engine_options
-
+    quiet_weight_loading()
     options = engine_options(args)
     if args.engine == "ray":
         return _run_on_ray(args, options)
@@ -50,8 +51,10 @@ def run_score(args: argparse.Namespace) -> int:
         model=args.model, input=Path(args.input), output=Path(args.output), options=options,
         query_field=args.query_field, document_field=args.document_field, id_field=args.id_field,
         rerank=args.rerank, errors=args.errors, strict=args.strict, quiet=args.quiet,
-        chunk_size=args.chunk_size, batch_tokens=args.batch_tokens, workers=args.workers,
+        chunk_size=args.chunk_size, workers=args.workers,
     )  # fmt: skip
+    from .runner import score_file  # the engine only when scoring, not to build the parser
+
     report = score_file(job, notify=None if args.quiet else _say)
     if not args.quiet:
         _say(_summary(report))
@@ -82,8 +85,7 @@ def _run_on_ray(args: argparse.Namespace, options: dict) -> int:
     try:
         written = run_pipeline(
             args.input, args.output, args.model, query_field=args.query_field, document_field=args.document_field,
-            actors=args.workers, batch_size=args.chunk_size, batch_tokens=args.batch_tokens,
-            bad_rows="raise" if args.strict else "mark", **options,
+            actors=args.workers, batch_size=args.chunk_size, bad_rows="raise" if args.strict else "mark", **options,
         )  # fmt: skip
     except ImportError as exc:
         raise InvalidRequestError(str(exc), field="engine") from exc

@@ -17,8 +17,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
@@ -27,86 +25,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .._cache import ModelIdentity
 from .._errors import InvalidRequestError, LocalBackendError
-from .._orchestrator import sigmoid
-from .._request import check_text
-from .io import Record, ResumeMismatch, Writer, count_records, file_format, input_columns, open_writer, read_records
+from .._orchestrator import Reranker
+from .io import Record, count_records, file_format, input_columns, read_records
+from .job import ScoreJob, ScoreReport, beside, line_word
+from .resume import Files, job_key, load_manifest, open_files, save_manifest
+from .rows import pair_of
+from .sinks import RankedSink, Sink
 from .workers import ChunkResult, Engine, Pool, open_pool
-
-DEFAULT_CHUNK_SIZE = 2048
-MANIFEST_VERSION = 1
-SCORE_FIELDS = ("relevance_score", "logit")
-
-
-@dataclass(frozen=True)
-class ScoreJob:
-    """One ``dheera-local score`` run.
-
-    Args:
-        model: As for :func:`dheera_local.rerank`.
-        input: A ``.jsonl``/``.ndjson``, ``.csv``/``.tsv`` or ``.parquet`` file of pairs.
-        output: Where the scored rows go; its extension picks the format.
-        options: ``rerank()`` keyword options (backend, device, dtype, max_length, cache, ...).
-        query_field, document_field: The fields holding the pair's texts.
-        id_field: An optional field copied into error reports.
-        rerank: Write each query's rows best first, with a 1-based ``rank``.
-        errors: The bad-rows report (default ``<output>.errors.jsonl``).
-        strict: Stop at the first bad row instead of reporting and skipping it.
-        quiet: No progress bar or messages.
-        chunk_size: Records per chunk (the unit of scoring, ordering and resuming).
-        batch_tokens: Padded tokens per forward pass of the local backend (default: per device).
-        workers: Local worker processes (default: one per GPU when there are several, else one),
-            or concurrent chunks for remote backends.
-    """
-
-    model: str
-    input: Path
-    output: Path
-    options: dict[str, Any] = field(default_factory=dict)
-    query_field: str = "query"
-    document_field: str = "document"
-    id_field: str = "id"
-    rerank: bool = False
-    errors: Path | None = None
-    strict: bool = False
-    quiet: bool = False
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    batch_tokens: int | None = None
-    workers: int | None = None
-
-    @property
-    def errors_path(self) -> Path:
-        return self.errors or _beside(self.output, ".errors.jsonl")
-
-    @property
-    def partial(self) -> Path:
-        return _beside(self.output, ".partial")
-
-    @property
-    def manifest(self) -> Path:
-        return _beside(self.output, ".progress.json")
-
-
-@dataclass
-class ScoreReport:
-    """What a run did. Counts include the rows written before a resume."""
-
-    output: Path
-    rows: int = 0
-    bad_rows: int = 0
-    cache_hits: int = 0
-    resumed_from: int = 0
-    seconds: float = 0.0
-    errors: Path | None = None
-    workers: str = ""
-
-
-def _beside(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
 
 
 def score_file(job: ScoreJob, notify: Callable[[str], None] | None = None) -> ScoreReport:
@@ -125,23 +53,24 @@ def score_file(job: ScoreJob, notify: Callable[[str], None] | None = None) -> Sc
     """
     started = time.perf_counter()
     in_format, out_format = _validate(job)
-    engine = Engine(job.model, job.options, job.batch_tokens)
-    key = _job_key(job, engine.plan().identity)
-    resume = _load_manifest(job, key)
-    files = _open_files(job, out_format, resume)
-    if files.resumed_from and notify:
-        notify(f"resuming {job.output}: {files.resumed_from} records already done")
-    report = ScoreReport(job.output, resumed_from=files.resumed_from)
-    pool: Pool | None = None
-    try:
-        pool = open_pool(engine, job.workers)
-        report.workers = pool.description
-        _run(job, in_format, pool, files, key, report)
-        _finish(job, files, report)
-    finally:
-        if pool is not None:
-            pool.close()
-        files.close()
+    engine = Engine(job.model, job.options)
+    with Reranker() as reranker:
+        key = job_key(job, engine.plan(reranker).identity)
+        resume = load_manifest(job, key)
+        files = open_files(job, out_format, resume)
+        if files.resumed_from and notify:
+            notify(f"resuming {job.output}: {files.resumed_from} records already done")
+        report = ScoreReport(job.output, resumed_from=files.resumed_from)
+        pool: Pool | None = None
+        try:
+            pool = open_pool(engine, reranker, job.workers)
+            report.workers = pool.description
+            _run(job, in_format, pool, files, key, report)
+            _finish(job, files, report)
+        finally:
+            if pool is not None:
+                pool.close()
+            files.close()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -152,7 +81,7 @@ def _validate(job: ScoreJob) -> tuple[str, str]:
         raise InvalidRequestError(f"--input {job.input} is not a file", field="input")
     if job.output.resolve() == job.input.resolve():
         raise InvalidRequestError("--output must differ from --input", field="output")
-    for name, value in (("chunk-size", job.chunk_size), ("batch-tokens", job.batch_tokens or 1)):
+    for name, value in (("chunk-size", job.chunk_size),):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidRequestError(f"--{name} must be an integer >= 1, got {value!r}", field=name)
     if not job.query_field or not job.document_field or job.query_field == job.document_field:
@@ -167,90 +96,6 @@ def _validate(job: ScoreJob) -> tuple[str, str]:
     return in_format, out_format
 
 
-def _job_key(job: ScoreJob, identity: ModelIdentity) -> str:
-    """What must not change between an interrupted run and its resumption."""
-    stat = job.input.stat()
-    options = job.options
-    fields = {
-        "version": MANIFEST_VERSION,
-        "input": [str(job.input.resolve()), stat.st_size, stat.st_mtime_ns],
-        "output": str(job.output.resolve()),
-        "errors": str(job.errors_path.resolve()),
-        "model": [identity.model_id, identity.revision, identity.max_length],
-        "fields": [job.query_field, job.document_field, job.id_field],
-        "rerank": job.rerank,
-        "engine": [options.get("backend"), options.get("api_base"), options.get("dtype")],
-    }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-# -- resume state -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Files:
-    """The partial output and errors files, and where the run (re)starts."""
-
-    output: Writer
-    errors: Writer
-    resumed_from: int = 0
-    written: int = 0
-    bad_rows: int = 0
-    cache_hits: int = 0
-
-    def close(self) -> None:
-        self.output.close()
-        self.errors.close()
-
-
-def _load_manifest(job: ScoreJob, key: str) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads(job.manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("key") != key:
-        return None
-    return manifest
-
-
-def _open_files(job: ScoreJob, out_format: str, resume: dict[str, Any] | None) -> _Files:
-    """Reopen the partial files where the manifest says, or (no usable manifest) start afresh."""
-    errors_partial = _beside(job.errors_path, ".partial")
-    if resume is not None:
-        output = errors = None
-        try:
-            output = open_writer(job.partial, out_format, resume["output"])
-            errors = open_writer(errors_partial, "jsonl", resume["errors"])
-            counts = resume["counts"]
-            return _Files(output, errors, int(resume["position"]), int(counts["written"]),
-                          int(counts["bad_rows"]), int(counts["cache_hits"]))  # fmt: skip
-        except (ResumeMismatch, KeyError, ValueError, TypeError):
-            for writer in (output, errors):  # the partial files are not what was recorded: start over
-                if writer is not None:
-                    writer.close()
-    job.manifest.unlink(missing_ok=True)
-    return _Files(open_writer(job.partial, out_format), open_writer(errors_partial, "jsonl"))
-
-
-def _save_manifest(job: ScoreJob, key: str, position: int, files: _Files) -> None:
-    manifest = {
-        "key": key,
-        "position": position,
-        "output": files.output.commit(),
-        "errors": files.errors.commit(),
-        "counts": {"written": files.written, "bad_rows": files.bad_rows, "cache_hits": files.cache_hits},
-    }
-    temporary = _beside(job.manifest, ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(manifest, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, job.manifest)
-
-
-# -- the scoring loop -----------------------------------------------------------------------------
-
-
 @dataclass
 class _Chunk:
     records: list[Record]
@@ -259,8 +104,8 @@ class _Chunk:
     result: Future[ChunkResult] = field(default_factory=Future)
 
 
-def _run(job: ScoreJob, in_format: str, pool: Pool, files: _Files, key: str, report: ScoreReport) -> None:
-    sink = _RankedSink(job, files) if job.rerank else _Sink(job, files)
+def _run(job: ScoreJob, in_format: str, pool: Pool, files: Files, key: str, report: ScoreReport) -> None:
+    sink = RankedSink(job, files) if job.rerank else Sink(job, files)
     records = read_records(job.input, in_format)
     for record in _skip(records, files.resumed_from):
         sink.seen_before_resume(record)
@@ -324,51 +169,14 @@ def _prepare(job: ScoreJob, records: list[Record]) -> _Chunk:
 def _strict_error(job: ScoreJob, chunk: _Chunk) -> InvalidRequestError:
     record = next(record for record in chunk.records if record.index in chunk.problems)
     return InvalidRequestError(
-        f"{job.input} {_line_word(job)} {record.line}: {chunk.problems[record.index]} (--strict stops at the "
+        f"{job.input} {line_word(job)} {record.line}: {chunk.problems[record.index]} (--strict stops at the "
         f"first bad row; without it bad rows are reported in {job.errors_path} and skipped)",
         field="input",
         index=record.index,
     )
 
 
-def pair_of(record: Record, query_field: str, document_field: str) -> tuple[str, str] | str:
-    """The record's (query, document), or why it has none."""
-    if record.problem is not None or record.fields is None:
-        return record.problem or "not a record"
-    texts = []
-    for name in (query_field, document_field):
-        value = record.fields.get(name)
-        problem = text_problem(name, value, present=name in record.fields)
-        if problem is not None:
-            return problem
-        texts.append(value)
-    for name, value in record.fields.items():  # the output copies every field: all must be writable
-        if isinstance(value, str) and name not in (query_field, document_field):
-            try:
-                check_text(value, f"field {name!r}")
-            except InvalidRequestError as exc:
-                return str(exc)
-    return texts[0], texts[1]
-
-
-def text_problem(name: str, value: object, present: bool = True) -> str | None:
-    """Why ``value`` cannot be the text of field ``name`` (missing, null, not a string, empty), or None."""
-    if not present:
-        return f"field {name!r} is missing"
-    if value is None or (isinstance(value, float) and value != value):  # NaN: a missing value in pandas
-        return f"field {name!r} is null"
-    if not isinstance(value, str):
-        return f"field {name!r} must be a string, got {type(value).__name__}"
-    if not value.strip():
-        return f"field {name!r} is empty"
-    try:
-        check_text(value, f"field {name!r}")
-    except InvalidRequestError as exc:
-        return str(exc)
-    return None
-
-
-def _complete(job: ScoreJob, chunk: _Chunk, sink: _Sink, files: _Files, key: str, bar: Any) -> None:
+def _complete(job: ScoreJob, chunk: _Chunk, sink: Sink, files: Files, key: str, bar: Any) -> None:
     try:
         result = chunk.result.result()
     except BrokenProcessPool as exc:
@@ -381,7 +189,7 @@ def _complete(job: ScoreJob, chunk: _Chunk, sink: _Sink, files: _Files, key: str
     for record in chunk.records:
         problem = chunk.problems.get(record.index)
         sink.add(record, problem, None if problem else next(logits))
-    _save_manifest(job, key, sink.position(chunk.records[-1].index + 1), files)
+    save_manifest(job, key, sink.position(chunk.records[-1].index + 1), files)
     if bar is not None:
         bar.update(len(chunk.records))
 
@@ -396,135 +204,12 @@ def _progress_bar(job: ScoreJob, in_format: str, start: int) -> Any:
                 desc="scoring", dynamic_ncols=True)  # fmt: skip
 
 
-# -- output -------------------------------------------------------------------------------------
-
-
-class _Sink:
-    """Writes each record's output row (or its error report) in input order."""
-
-    def __init__(self, job: ScoreJob, files: _Files) -> None:
-        self.job = job
-        self.files = files
-
-    def seen_before_resume(self, record: Record) -> None:
-        """A record the interrupted run already handled."""
-
-    def add(self, record: Record, problem: str | None, logit: float | None) -> None:
-        if problem is not None:
-            self._error(record, problem)
-        else:
-            assert record.fields is not None and logit is not None
-            self.files.output.write([scored_row(record.fields, logit)])
-            self.files.written += 1
-
-    def position(self, end: int) -> int:
-        """Records fully handled (written or reported) once the chunk ending at ``end`` is added."""
-        return end
-
-    def finish(self) -> None:
-        """Write whatever is still held back."""
-
-    def _error(self, record: Record, problem: str) -> None:
-        report: dict[str, Any] = {_line_word(self.job): record.line, "error": problem}
-        if record.fields is not None and self.job.id_field in record.fields:
-            report["id"] = record.fields[self.job.id_field]
-        report["record"] = record.fields if record.fields is not None else record.raw
-        self.files.errors.write([report])
-        self.files.bad_rows += 1
-
-
-def _line_word(job: ScoreJob) -> str:
-    """What a record's number counts: lines of a text file, rows of a Parquet file."""
-    return "row" if file_format(job.input, "input") == "parquet" else "line"
-
-
-def scored_row(fields: dict[str, Any], logit: float) -> dict[str, Any]:
-    """The input fields plus ``relevance_score`` (sigmoid of the logit) and ``logit``."""
-    return {**fields, "relevance_score": sigmoid(logit), "logit": logit}
-
-
-class _RankedSink(_Sink):
-    """``--rerank``: gathers each query's rows (they must be contiguous) and writes them best first.
-
-    The committed position is the first record of the query still being gathered, so a resumed run
-    re-reads that query's rows (their scores come from the cache) and never writes half a query.
-    Bad rows are held back with it, so they are reported exactly once.
-    """
-
-    def __init__(self, job: ScoreJob, files: _Files) -> None:
-        super().__init__(job, files)
-        self.query: str | None = None
-        self.group: list[tuple[Record, float]] = []
-        self.group_start = files.resumed_from
-        self.held_errors: list[tuple[Record, str]] = []
-        self.closed: set[bytes] = set()
-
-    def seen_before_resume(self, record: Record) -> None:
-        pair = pair_of(record, self.job.query_field, self.job.document_field)
-        if not isinstance(pair, str):
-            self.closed.add(_digest(pair[0]))
-
-    def add(self, record: Record, problem: str | None, logit: float | None) -> None:
-        if problem is not None:
-            self.held_errors.append((record, problem))
-            return
-        assert record.fields is not None and logit is not None
-        query = record.fields[self.job.query_field]
-        if query != self.query:
-            self._close_group()
-            if _digest(query) in self.closed:
-                raise InvalidRequestError(
-                    f"--rerank needs each query's rows together, but the query on line {record.line} of "
-                    f"{self.job.input} ({query[:60]!r}) also appears earlier, before other queries. Sort the "
-                    "input by query, or score without --rerank and rank afterwards",
-                    field="input",
-                )
-            self.query, self.group_start = query, record.index
-        self.group.append((record, logit))
-
-    def position(self, end: int) -> int:
-        position = self.group_start if self.group else end
-        self._release_errors(position)
-        return position
-
-    def finish(self) -> None:
-        self._close_group()
-        self._release_errors(None)
-
-    def _close_group(self) -> None:
-        if not self.group:
-            return
-        ranked = sorted(self.group, key=lambda item: (-item[1], item[0].index))
-        rows = []
-        for rank, (record, logit) in enumerate(ranked, start=1):
-            assert record.fields is not None
-            rows.append({**scored_row(record.fields, logit), "rank": rank})
-        self.files.output.write(rows)
-        self.files.written += len(rows)
-        assert self.query is not None
-        self.closed.add(_digest(self.query))
-        self.query, self.group = None, []
-
-    def _release_errors(self, before: int | None) -> None:
-        keep = []
-        for record, problem in self.held_errors:
-            if before is None or record.index < before:
-                self._error(record, problem)
-            else:
-                keep.append((record, problem))
-        self.held_errors = keep
-
-
-def _digest(query: str) -> bytes:
-    return hashlib.blake2b(query.encode("utf-8"), digest_size=12).digest()
-
-
-def _finish(job: ScoreJob, files: _Files, report: ScoreReport) -> None:
+def _finish(job: ScoreJob, files: Files, report: ScoreReport) -> None:
     """Complete the files, then rename: the errors file first, the output last (the output's
     presence means the run is whole), and drop the manifest."""
     files.output.finish()
     files.errors.finish()
-    errors_partial = _beside(job.errors_path, ".partial")
+    errors_partial = beside(job.errors_path, ".partial")
     if files.bad_rows:
         os.replace(errors_partial, job.errors_path)
         report.errors = job.errors_path

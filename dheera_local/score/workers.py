@@ -23,11 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import InvalidRequestError
-from .._model_ref import parse_model
 from .._orchestrator import Reranker
-from .._request import build_options
 from .._selector import Plan
-from ..backends.local import LocalBackend
 
 Pair = tuple[str, str]
 DEFAULT_REMOTE_WORKERS = 4
@@ -35,32 +32,14 @@ DEFAULT_REMOTE_WORKERS = 4
 
 @dataclass(frozen=True)
 class Engine:
-    """What scores pairs: the model, ``rerank()`` options, and the local token budget per batch."""
+    """What scores pairs: the model and the ``rerank()`` options (``batch_tokens`` among them)."""
 
     model: str
     options: dict[str, Any] = field(default_factory=dict)
-    batch_tokens: int | None = None
 
-    def reranker(self) -> Reranker:
-        """A Reranker for this job's chunks."""
-        return Reranker()
-
-    @property
-    def rerank_options(self) -> dict[str, Any]:
-        """The ``rerank()`` options, with the local token budget when set."""
-        if self.batch_tokens is None:
-            return self.options
-        return {**self.options, "batch_tokens": self.batch_tokens}
-
-    def plan(self) -> Plan:
+    def plan(self, reranker: Reranker) -> Plan:
         """The backends that would serve this model (validates the options; loads nothing)."""
-        return Reranker().selector.plan(parse_model(self.model), build_options(**self.rerank_options))
-
-    def local_backend(self, plan: Plan | None = None) -> LocalBackend | None:
-        """The local backend when it is tried first (else remote backends serve this job)."""
-        plan = plan or self.plan()
-        first = plan.candidates[0]
-        return first if isinstance(first, LocalBackend) else None
+        return reranker.plan(self.model, **self.options)
 
 
 @dataclass(frozen=True)
@@ -74,7 +53,7 @@ class ChunkResult:
 
 def score_chunk(reranker: Reranker, engine: Engine, pairs: list[Pair], device: str | None = None) -> ChunkResult:
     """Score one chunk through the orchestrator (cache, backend choice, fallback)."""
-    options = engine.rerank_options if device is None else {**engine.rerank_options, "device": device}
+    options = engine.options if device is None else {**engine.options, "device": device}
     scores = reranker.score_pairs(engine.model, pairs, **options)
     return ChunkResult(scores.logits, scores.served_by.cache_hits, scores.served_by.backend)
 
@@ -84,20 +63,17 @@ class Pool:
 
     def __init__(
         self, submit: Callable[[list[Pair]], Future[ChunkResult]], size: int, description: str,
-        executor: Executor | None = None, reranker: Reranker | None = None,
+        executor: Executor | None = None,
     ) -> None:  # fmt: skip
         self.submit = submit
         self.size = size
         self.description = description
         self._executor = executor
-        self._reranker = reranker
 
     def close(self) -> None:
-        """Stop the workers (chunks not yet started are cancelled) and close HTTP clients."""
+        """Stop the workers (chunks not yet started are cancelled)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._reranker is not None:
-            self._reranker.close()
 
 
 def plan_devices(engine: Engine, workers: int | None) -> list[str | None]:
@@ -111,19 +87,19 @@ def plan_devices(engine: Engine, workers: int | None) -> list[str | None]:
     return [None] * (workers or 1)
 
 
-def open_pool(engine: Engine, workers: int | None) -> Pool:
-    """The pool for ``engine``: threads for remote backends, else one worker per device."""
+def open_pool(engine: Engine, reranker: Reranker, workers: int | None) -> Pool:
+    """The pool for ``engine``: threads for remote backends, else one worker per device. Threads score
+    through ``reranker`` (its owner closes it); worker processes make their own."""
     if workers is not None and workers < 1:
         raise InvalidRequestError(f"--workers must be >= 1, got {workers}", field="workers")
-    plan = engine.plan()
-    local = engine.local_backend(plan)
-    reranker = engine.reranker()
+    plan = engine.plan(reranker)
+    local = plan.local
     if local is None:
         size = workers or DEFAULT_REMOTE_WORKERS
         threads = ThreadPoolExecutor(size, thread_name_prefix="dheera-score")
         return Pool(
             lambda pairs: threads.submit(score_chunk, reranker, engine, pairs),
-            size, f"{size} concurrent requests to {plan.candidates[0].name}", threads, reranker,
+            size, f"{size} concurrent requests to {plan.candidates[0].name}", threads,
         )  # fmt: skip
     devices = plan_devices(engine, workers)
     if len(devices) == 1:
@@ -131,7 +107,7 @@ def open_pool(engine: Engine, workers: int | None) -> Pool:
         thread = ThreadPoolExecutor(1, thread_name_prefix="dheera-score")
         return Pool(
             lambda pairs: thread.submit(score_chunk, reranker, engine, pairs, devices[0]),
-            1, f"1 worker on {devices[0] or local.device}", thread, reranker,
+            1, f"1 worker on {devices[0] or local.device}", thread,
         )  # fmt: skip
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     queue = context.SimpleQueue()
@@ -165,7 +141,7 @@ def _init_process(engine: Engine, devices: Any, cores: int) -> None:
     device = devices.get()
     if resolve_device(device).startswith("cpu"):
         torch.set_num_threads(cores)  # share the cores between the processes, don't oversubscribe
-    _process_state.update(reranker=engine.reranker(), engine=engine, device=device)
+    _process_state.update(reranker=Reranker(), engine=engine, device=device)
 
 
 def _score_in_process(pairs: list[Pair]) -> ChunkResult:

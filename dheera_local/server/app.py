@@ -12,7 +12,6 @@ from .auth import AuthGate, MasterKey
 from .config import ServerConfig
 from .errors import install_error_handlers
 from .middleware import BodyLimit, RequestContext
-from .registry import ModelRegistry
 from .routes import api, public
 from .state import ServerState
 
@@ -25,13 +24,13 @@ DESCRIPTION = (
 class Lifespan:
     """Starts :class:`ServerState` before the first request and stops it after the last one."""
 
-    def __init__(self, config: ServerConfig, registry: ModelRegistry) -> None:
-        self.config = config
-        self.registry = registry
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
 
     @asynccontextmanager
     async def __call__(self, app: FastAPI) -> AsyncIterator[None]:
-        state = await ServerState.start(self.config, self.registry)
+        state = self.state
+        await state.start()
         app.state.dheera = state
         try:
             yield
@@ -46,10 +45,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     Models are planned here, without loading weights or calling the network; the lifespan loads
     local weights, and closes the batchers and HTTP clients on shutdown.
     """
-    registry = ModelRegistry.from_config(config)
-    app = FastAPI(
-        title="dheera-local", version=__version__, description=DESCRIPTION, lifespan=Lifespan(config, registry)
-    )
+    state = ServerState.create(config)
+    app = FastAPI(title="dheera-local", version=__version__, description=DESCRIPTION, lifespan=Lifespan(state))
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(api)

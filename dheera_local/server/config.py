@@ -7,8 +7,8 @@
         dheera_ai_params:                         # or litellm_params: LiteLLM configs load unchanged
           model: huggingface/BAAI/bge-reranker-base
           api_key: os.environ/HF_TOKEN            # os.environ/VAR works for any value
-          backend: auto                           # our extras: backend, device, dtype, max_length,
-                                                  #   timeout, cache
+          backend: auto                           # any option of rerank(): backend, api_format, device,
+                                                  #   dtype, max_length, timeout, batch_tokens, cache
     general_settings:
       master_key: os.environ/PROXY_KEY            # else $DHEERA_AI_API_KEY; none: loopback only
       cache_dir: /var/cache/dheera                # and the limits below
@@ -25,12 +25,22 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
 from .._errors import ConfigError
+from .._options import config_fields, option_check
 from .._secrets import register
 
 logger = logging.getLogger("dheera_local.server")
@@ -56,25 +66,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelParams(_Section):
-    """How one configured name is served: the arguments of ``dheera_local.rerank``."""
+def _check_option(value: Any, info: ValidationInfo) -> Any:
+    """The option's own check (``dheera_local._options``), so config.yaml and ``rerank()`` agree; the
+    value stays as written (the registry passes it to ``rerank()``)."""
+    if value is not None:
+        option_check(info.field_name)(value, info.field_name)
+    return value
 
-    model: str = Field(min_length=1, description="huggingface/ORG/NAME, ORG/NAME, a model folder, or a remote name")
-    api_base: str | None = None
-    api_key: SecretStr | None = None
-    backend: Literal["auto", "local", "remote"] = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    max_length: int | None = Field(default=None, ge=8)
-    timeout: float | None = Field(default=None, gt=0)
-    cache: bool | None = Field(default=None, description="override general_settings.cache for this model")
 
-    @field_validator("api_base")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value or None
+# How one configured name is served: ``model`` and the options of ``dheera_local.rerank``, derived
+# from their one definition (an option left out means its default; ``cache`` overrides general_settings).
+ModelParams = create_model(
+    "ModelParams",
+    __base__=_Section,
+    __doc__="How one configured name is served: ``model`` and the options of ``dheera_local.rerank``.",
+    __validators__={"check_options": field_validator(*config_fields())(_check_option)},
+    model=(str, Field(min_length=1, description="huggingface/ORG/NAME, ORG/NAME, a model folder, or a remote name")),
+    **config_fields(),
+)
 
 
 class ModelEntry(_Section):

@@ -1,7 +1,7 @@
 """The configured models: each ``model_name`` with the ``rerank()`` arguments that serve it.
 
-Every entry is planned at startup by the library's own :class:`~dheera_local._selector.Selector`
-(no network call, no weights loaded), so a model that can never be served (a bad ``device``, a
+Every entry is planned at startup by the server's own Reranker (:meth:`~dheera_local.Reranker.plan`:
+no network call, no weights loaded), so a model that can never be served (a bad ``device``, a
 Cohere-style name without ``api_base``, a decoder-only model) stops startup with a ConfigError
 naming its key path, instead of failing every request.
 """
@@ -13,11 +13,8 @@ from typing import Any
 
 from .._errors import ConfigError, InvalidRequestError, ModelNotAvailableError
 from .._hardware import dtype_name
-from .._model_ref import parse_model
-from .._request import build_options
-from .._selector import Selector
+from .._orchestrator import Reranker
 from ..backends.local import LocalBackend
-from ..backends.remote import RemoteFactory
 from .config import ModelEntry, ServerConfig
 from .errors import UnknownModelError
 
@@ -48,10 +45,9 @@ class ModelRegistry:
         self.default = models[0]
 
     @classmethod
-    def from_config(cls, config: ServerConfig) -> ModelRegistry:
+    def from_config(cls, config: ServerConfig, reranker: Reranker) -> ModelRegistry:
         """Plan every entry; raises ConfigError naming the key path of the first one that cannot be served."""
-        selector = Selector(RemoteFactory())
-        return cls([_plan(config, index, entry, selector) for index, entry in enumerate(config.model_list)])
+        return cls([_plan(config, index, entry, reranker) for index, entry in enumerate(config.model_list)])
 
     @property
     def names(self) -> list[str]:
@@ -72,26 +68,20 @@ class ModelRegistry:
 
 
 def model_options(config: ServerConfig, entry: ModelEntry) -> dict[str, Any]:
-    """The keyword options of ``rerank()`` for one entry (secrets stay SecretStr)."""
+    """The keyword options of ``rerank()`` for one entry: those it sets, and the server-wide cache
+    settings (secrets stay SecretStr)."""
     params, general = entry.dheera_ai_params, config.general_settings
-    return {
-        "api_base": params.api_base,
-        "api_key": params.api_key,
-        "backend": params.backend,
-        "device": params.device,
-        "dtype": params.dtype,
-        "max_length": params.max_length,
-        "timeout": params.timeout,
-        "cache": general.cache if params.cache is None else params.cache,
-        "cache_dir": general.cache_dir,
-    }
+    options = {name: value for name, value in params if name != "model" and value is not None}
+    options["cache"] = general.cache if params.cache is None else params.cache
+    options["cache_dir"] = general.cache_dir
+    return options
 
 
-def _plan(config: ServerConfig, index: int, entry: ModelEntry, selector: Selector) -> ServedModel:
+def _plan(config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranker) -> ServedModel:
     model = entry.dheera_ai_params.model
     options = model_options(config, entry)
     try:
-        plan = selector.plan(parse_model(model), build_options(**options))
+        plan = reranker.plan(model, **options)
     except InvalidRequestError as exc:
         path = config.key_path(index, exc.field or "model")
         raise ConfigError(f"{config.source}: {path}: {exc}", path=path) from None
@@ -105,6 +95,6 @@ def _plan(config: ServerConfig, index: int, entry: ModelEntry, selector: Selecto
         model_id=plan.identity.model_id,
         revision=plan.identity.revision,
         max_length=plan.identity.max_length,
-        backends=tuple(backend.name for backend in plan.candidates),
-        local=plan.local if "local" in {backend.name for backend in plan.candidates} else None,
+        backends=plan.backend_names,
+        local=plan.local,
     )

@@ -1,7 +1,9 @@
-"""What a running server owns: the Reranker, the micro-batchers, the service over them.
+"""What a server owns: the Reranker, the micro-batchers, the model registry, the service over them.
 
-Created by the app's lifespan (:meth:`ServerState.start`) and closed by it (:meth:`ServerState.stop`):
-the batchers drain their queues, then the HTTP clients close. Routes reach it through
+Made with the app (:meth:`ServerState.create`: the settings are read and every model is planned
+then); the lifespan starts it (:meth:`ServerState.start`: local weights load) and stops it
+(:meth:`ServerState.stop`: the batchers drain their queues, the HTTP clients close, and the
+process's shared resources are closed, :func:`dheera_local.close_all`). Routes reach it through
 :func:`server_state`.
 """
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from .._orchestrator import Reranker
+from .._runtime import close_all
 from .._secrets import mask
 from ..backends._http import RetryPolicy
 from .config import ServerConfig
@@ -39,12 +42,14 @@ class ServerState:
     draining: bool = False
 
     @classmethod
-    async def start(cls, config: ServerConfig, registry: ModelRegistry) -> ServerState:
-        """Create the reranker and batchers, and load the local models."""
+    def create(cls, config: ServerConfig) -> ServerState:
+        """Read the settings, make the reranker and its batchers, plan every model (ConfigError names the
+        key path of one that can never be served). Nothing loads and no thread starts yet."""
         settings = config.general_settings
         pool = BatcherPool(max_queue_pairs=settings.max_queue_pairs, max_batch_pairs=settings.max_batch_pairs)
         reranker = Reranker(retry=RetryPolicy(max_attempts=settings.num_retries + 1), local_wrapper=pool.wrap)
-        state = cls(
+        registry = ModelRegistry.from_config(config, reranker)
+        return cls(
             config=config,
             registry=registry,
             reranker=reranker,
@@ -52,8 +57,11 @@ class ServerState:
             service=RerankService(reranker, registry, settings),
             started_at=int(time.time()),
         )
-        await state._preload()
-        return state
+
+    async def start(self) -> None:
+        """Load the local models, so the first request does not wait for them."""
+        self.started_at = int(time.time())
+        await self._preload()
 
     async def _preload(self) -> None:
         for served in self.registry.models.values():
@@ -65,11 +73,12 @@ class ServerState:
                 logger.warning("%s: local weights did not load (%s)", served.name, mask(str(exc)))
 
     async def stop(self) -> None:
-        """Drain the batchers, then close the HTTP clients."""
+        """Drain the batchers, close the HTTP clients, then what the process shares (caches, models)."""
         self.draining = True
         await asyncio.to_thread(self.pool.close, self.config.general_settings.graceful_shutdown_timeout)
         await self.reranker.aclose()
         self.reranker.close()
+        close_all()
         logger.info("stopped: queues drained, clients closed")
 
 

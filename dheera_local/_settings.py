@@ -1,0 +1,155 @@
+"""Settings from the environment, read in one place: :meth:`Settings.from_env`.
+
+A :class:`~dheera_local.Reranker` reads them once, when it is made (``Reranker(settings=...)``
+injects them instead); the module-level functions use a default Reranker made on first use, so
+``dheera_local.close_all()`` makes the next call read the environment again.
+
+==========================  =========================================================================
+variable                    setting
+==========================  =========================================================================
+DHEERA_CACHE_DIR            ``cache_dir`` (else ``$XDG_CACHE_HOME/dheera_local``, ``~/.cache/dheera_local``)
+DHEERA_CACHE_SIZE_LIMIT     ``cache_size_limit`` in bytes (2 GiB)
+HF_HUB_CACHE, HF_HOME       ``hub_cache`` (huggingface_hub's precedence, ``~/.cache/huggingface/hub``)
+HF_HUB_OFFLINE              ``hub_offline``: no call to HuggingFace (``TRANSFORMERS_OFFLINE`` too)
+DHEERA_HF_INFERENCE_URL     ``hf_inference_url`` (``https://router.huggingface.co/hf-inference``)
+HF_TOKEN                    ``hf_token`` (else ``HUGGING_FACE_HUB_TOKEN``, the token file of
+                            ``hf auth login`` at ``HF_TOKEN_PATH`` / ``$HF_HOME/token``)
+DHEERA_CPU_KERNELS          ``cpu_kernels``: ``auto`` (prepacked oneDNN where it helps) or ``eager``
+==========================  =========================================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from ._secrets import register
+
+logger = logging.getLogger("dheera_local")
+
+DEFAULT_CACHE_SIZE_LIMIT = 2 * 1024**3
+DEFAULT_HF_INFERENCE_URL = "https://router.huggingface.co/hf-inference"
+CPU_KERNELS = ("auto", "eager")
+_TRUE = ("1", "ON", "YES", "TRUE")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything dheera_local takes from the environment (see the module's table)."""
+
+    cache_dir: Path
+    hub_cache: Path
+    cache_size_limit: int = DEFAULT_CACHE_SIZE_LIMIT
+    hub_offline: bool = False
+    hf_inference_url: str = DEFAULT_HF_INFERENCE_URL
+    cpu_kernels: str = "auto"
+    hf_token_value: SecretStr | None = field(default=None, repr=False)
+    hf_token_file: Path | None = field(default=None, repr=False)
+    hf_token_lookup: bool = field(default=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment gives (``os.environ`` unless ``environ`` is passed)."""
+        env = os.environ if environ is None else environ
+        token = (env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or "").strip()
+        return cls(
+            cache_dir=_cache_dir(env),
+            hub_cache=hub_cache_dir(env),
+            cache_size_limit=_size_limit(env),
+            hub_offline=_flag(env, "HF_HUB_OFFLINE") or _flag(env, "TRANSFORMERS_OFFLINE"),
+            hf_inference_url=(env.get("DHEERA_HF_INFERENCE_URL") or DEFAULT_HF_INFERENCE_URL).rstrip("/"),
+            cpu_kernels=_cpu_kernels(env),
+            hf_token_value=SecretStr(token) if token else None,
+            hf_token_file=_token_file(env),
+            # huggingface_hub's own lookup (OIDC, Colab secrets) only where no token file is named.
+            hf_token_lookup=not env.get("HF_TOKEN_PATH"),
+        )
+
+    @functools.cached_property
+    def hf_token(self) -> SecretStr | None:
+        """``HF_TOKEN``, else the saved token, else what huggingface_hub finds; read once, when first asked
+        (a remote-only process that never calls HuggingFace never reads the token file)."""
+        token = self.hf_token_value.get_secret_value() if self.hf_token_value is not None else None
+        if token is None and self.hf_token_file is not None:
+            token = _read_token(self.hf_token_file)
+        if token is None and self.hf_token_lookup:
+            token = _hub_login_token()
+        register(token)
+        return SecretStr(token) if token else None
+
+
+def hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The huggingface_hub cache folder, with huggingface_hub's precedence (it reads these at import;
+    dheera_local when settings are made, so a process can point them elsewhere after import)."""
+    env = os.environ if environ is None else environ
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(variable):
+            return Path(env[variable]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    return _xdg_cache(env) / "huggingface" / "hub"
+
+
+def _xdg_cache(env: Mapping[str, str]) -> Path:
+    xdg = env.get("XDG_CACHE_HOME")
+    return Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().upper() in _TRUE
+
+
+def _cache_dir(env: Mapping[str, str]) -> Path:
+    if env.get("DHEERA_CACHE_DIR"):
+        return Path(env["DHEERA_CACHE_DIR"]).expanduser()
+    return _xdg_cache(env) / "dheera_local"
+
+
+def _size_limit(env: Mapping[str, str]) -> int:
+    raw = env.get("DHEERA_CACHE_SIZE_LIMIT")
+    if not raw:
+        return DEFAULT_CACHE_SIZE_LIMIT
+    try:
+        return max(int(raw), 1)
+    except ValueError:
+        logger.warning("DHEERA_CACHE_SIZE_LIMIT=%r is not a number of bytes; using %d", raw, DEFAULT_CACHE_SIZE_LIMIT)
+        return DEFAULT_CACHE_SIZE_LIMIT
+
+
+def _cpu_kernels(env: Mapping[str, str]) -> str:
+    value = env.get("DHEERA_CPU_KERNELS", "auto").strip().lower() or "auto"
+    if value not in CPU_KERNELS:
+        logger.warning("DHEERA_CPU_KERNELS=%r is not one of %s; using auto", value, ", ".join(CPU_KERNELS))
+        return "auto"
+    return value
+
+
+def _token_file(env: Mapping[str, str]) -> Path:
+    """The file ``hf auth login`` writes: ``HF_TOKEN_PATH``, else ``$HF_HOME/token``."""
+    if env.get("HF_TOKEN_PATH"):
+        return Path(os.path.expandvars(env["HF_TOKEN_PATH"])).expanduser()
+    home = Path(env["HF_HOME"]).expanduser() if env.get("HF_HOME") else _xdg_cache(env) / "huggingface"
+    return home / "token"
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):  # no file, or an unreadable one: no saved token
+        return None
+    return token or None
+
+
+def _hub_login_token() -> str | None:
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # a failed token exchange must not break scoring: no token, and the API says 401
+        return None

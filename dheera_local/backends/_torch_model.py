@@ -1,0 +1,163 @@
+"""A loaded cross-encoder: sentence-transformers + torch, imported only when a model loads.
+
+Pairs are tokenized once (a long query cut a few tokens past the window first), sorted by length
+and grouped by a padded-token budget, so long documents never blow up memory and short ones are
+not padded to long ones. A GPU out-of-memory halves the budget and retries. Forward passes on one
+model are serialized (torch already uses every core); logits are upcast to fp32 before anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+
+from .._catalog import check_cross_encoder
+from .._cpu_kernels import EAGER, pack_linears, packing_available
+from .._discovery import LocalWeights
+from .._errors import LocalBackendError
+from .._token_budget import plan_batches
+
+logger = logging.getLogger("dheera_local")
+
+# A query longer than this many characters per window token is cut before pairing (see _bounded);
+# the margin keeps the tokens near the cut, whose split may depend on what follows, out of the window.
+QUERY_CHARS_PER_TOKEN = 4
+QUERY_CUT_MARGIN = 8
+
+
+class LocalModel:
+    """A loaded cross-encoder. ``logits`` is thread-safe; forward passes run one at a time."""
+
+    def __init__(self, weights: LocalWeights, device: str, dtype: torch.dtype, cpu_kernels: str = "auto") -> None:
+        from sentence_transformers import CrossEncoder
+
+        check_cross_encoder(weights.model_id, weights.path)
+        self.weights = weights
+        self.device = device
+        self.dtype = dtype
+        try:
+            encoder = CrossEncoder(str(weights.path), device=device, local_files_only=True)
+        except Exception as exc:  # transformers raises many types for a broken folder
+            raise LocalBackendError(
+                f"{weights.model_id}: weights at {weights.path} could not be loaded: {exc}"
+            ) from exc
+        self.encoder = encoder
+        self.tokenizer = encoder.tokenizer
+        self.network = encoder.model.to(dtype=dtype).eval()
+        self.num_labels = int(self.network.config.num_labels)
+        self.kernels = EAGER
+        if packing_available(device, dtype, cpu_kernels):
+            self.kernels = pack_linears(self.network, self._probe_batch())
+        self._lock = threading.Lock()
+        # The fast tokenizer keeps truncation settings as mutable state: calls with different
+        # max_length from two threads would race. Separate from _lock so tokenizing the next
+        # request overlaps the current forward pass.
+        self._tokenizer_lock = threading.Lock()
+
+    def _probe_batch(self) -> dict[str, torch.Tensor]:
+        texts = ["a short probe document", "a somewhat longer probe document with a few more words in it"]
+        encoded = self.tokenizer(["probe query"] * 2, texts, truncation=True, max_length=64, padding=False)
+        return self._pad(encoded, [0, 1])
+
+    def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_tokens: int) -> list[float]:
+        """Raw logits for ``pairs`` in input order (fp32, whatever the weights' precision)."""
+        if not pairs:
+            return []
+        encoded = self._tokenize(pairs, max_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        out: list[float] = [0.0] * len(pairs)
+        with self._lock:
+            pending = plan_batches(lengths, batch_tokens)
+            while pending:
+                batch = pending.pop(0)
+                try:
+                    values = self._forward(encoded, batch)
+                except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                    if not _is_out_of_memory(exc):
+                        raise
+                    batch_tokens = self._shrink_budget(batch_tokens, lengths[batch[0]], exc)
+                    pending = plan_batches_subset(lengths, batch, batch_tokens) + pending
+                    continue
+                for index, value in zip(batch, values, strict=True):
+                    out[index] = value
+        return out
+
+    def _tokenize(self, pairs: list[tuple[str, str]], max_length: int) -> dict[str, list[list[int]]]:
+        texts = [text for _, text in pairs]
+        # "longest_first" truncation, as CrossEncoder.predict does, so scores match it exactly.
+        with self._tokenizer_lock:
+            bounded: dict[str, str] = {}
+            queries = []
+            for query, _ in pairs:
+                if query not in bounded:
+                    bounded[query] = self._bounded(query, max_length)
+                queries.append(bounded[query])
+            return self.tokenizer(queries, texts, truncation="longest_first", max_length=max_length, padding=False)
+
+    def _bounded(self, query: str, max_length: int) -> str:
+        """``query`` cut a few tokens past ``max_length`` (once per request, not once per pair).
+
+        Truncation keeps at most ``max_length`` of its tokens, so the cut changes no score; without it
+        a long query would be tokenized in full beside every document (memory x documents).
+        """
+        if len(query) <= QUERY_CHARS_PER_TOKEN * max_length or not getattr(self.tokenizer, "is_fast", False):
+            return query
+        keep = max_length + QUERY_CUT_MARGIN
+        encoded = self.tokenizer(
+            query, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=keep
+        )
+        offsets = encoded["offset_mapping"]
+        return query[: offsets[-1][1]] if len(offsets) >= keep else query
+
+    @torch.inference_mode()
+    def _forward(self, encoded: dict[str, list[list[int]]], batch: list[int]) -> list[float]:
+        features = self._pad(encoded, batch)
+        logits = self.network(**features).logits.float()  # upcast before anything else: fp16 ties
+        if self.num_labels == 2:
+            # Two-class rerankers: the log-odds of "relevant", so sigmoid() gives its softmax probability.
+            return (logits[:, 1] - logits[:, 0]).tolist()
+        return logits[:, 0].tolist()
+
+    def _pad(self, encoded: dict[str, list[list[int]]], batch: list[int]) -> dict[str, torch.Tensor]:
+        width = max(len(encoded["input_ids"][i]) for i in batch)
+        pad_ids = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0, "attention_mask": 0}
+        features = {}
+        for name in ("input_ids", "token_type_ids", "attention_mask"):
+            if name not in encoded:
+                continue
+            tensor = torch.full((len(batch), width), pad_ids[name], dtype=torch.long)
+            for row, index in enumerate(batch):
+                values = encoded[name][index]
+                tensor[row, : len(values)] = torch.tensor(values, dtype=torch.long)
+            features[name] = tensor.to(self.device, non_blocking=True)
+        return features
+
+    def _shrink_budget(self, batch_tokens: int, longest: int, exc: BaseException) -> int:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if batch_tokens <= longest:
+            raise LocalBackendError(
+                f"{self.weights.model_id}: out of memory on {self.device} even for one pair of {longest} tokens; "
+                "lower max_length or use another device"
+            ) from exc
+        smaller = max(batch_tokens // 2, longest)
+        logger.warning(
+            "%s: out of memory on %s; batch budget %d -> %d tokens",
+            self.weights.model_id,
+            self.device,
+            batch_tokens,
+            smaller,
+        )
+        return smaller
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def plan_batches_subset(lengths: list[int], indices: list[int], max_tokens: int) -> list[list[int]]:
+    """Re-plan only ``indices`` (a batch that failed) under a smaller budget."""
+    sub = plan_batches([lengths[i] for i in indices], max_tokens)
+    return [[indices[j] for j in batch] for batch in sub]

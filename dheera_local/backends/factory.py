@@ -1,0 +1,90 @@
+"""Builds every backend a plan can hold, from shared resources: :class:`Backends`.
+
+One per :class:`~dheera_local.Reranker` (injectable: ``Reranker(backends=...)``). It owns the pooled
+HTTP clients and the endpoint limits its remote backends share (closed with it), and hands its
+local backends the store of loaded models and the token counters (shared by the process unless
+given others). ``local_wrapper`` wraps each local backend it serves (the proxy's micro-batcher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import SecretStr
+
+from .._chunking import SHARED_TOKENIZERS, TokenizerStore
+from .._discovery import LocalWeights
+from .._settings import Settings
+from ._http import HttpClients, RetryPolicy
+from .base import Backend
+from .cohere import CohereBackend
+from .hf_hosted import HFHostedBackend
+from .local import SHARED_MODELS, LocalBackend, ModelStore
+from .tei import EndpointLimits, TEIBackend
+
+
+class Backends:
+    """Makes local and remote backends that share this object's resources.
+
+    Args:
+        settings: Where HF hosted inference is, its token, the CPU kernel choice.
+        clients: Pooled HTTP clients (default: new ones, closed by :meth:`close` / :meth:`aclose`).
+        retry: Timeouts, attempts and backoff for remote calls.
+        models: The loaded-model store (default: the process's).
+        tokenizers: The token counters for chunking (default: the process's).
+        local_wrapper: Called with each local backend served; returns the backend to use.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clients: HttpClients | None = None,
+        retry: RetryPolicy | None = None,
+        models: ModelStore | None = None,
+        tokenizers: TokenizerStore | None = None,
+        local_wrapper: Callable[[LocalBackend], Backend] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clients = clients or HttpClients()
+        self.policy = retry or RetryPolicy()
+        self.models = models if models is not None else SHARED_MODELS
+        self.tokenizers = tokenizers if tokenizers is not None else SHARED_TOKENIZERS
+        self.local_wrapper = local_wrapper
+        self.limits = EndpointLimits()
+
+    def local(
+        self, weights: LocalWeights, *, max_length: int, device: str | None, dtype: str | None, batch_tokens: int | None
+    ) -> LocalBackend:
+        """The local backend for ``weights`` (the model loads on first use)."""
+        return LocalBackend(
+            weights, max_length=max_length, device=device, dtype=dtype, batch_tokens=batch_tokens,
+            cpu_kernels=self.settings.cpu_kernels, models=self.models,
+        )  # fmt: skip
+
+    def serve(self, local: LocalBackend) -> Backend:
+        """What serves ``local``'s requests: itself, or what ``local_wrapper`` makes of it."""
+        return self.local_wrapper(local) if self.local_wrapper is not None else local
+
+    def tei(self, api_base: str, api_key: SecretStr | None, timeout: float | None) -> TEIBackend:
+        return TEIBackend(api_base, self.limits, self.clients, self.policy, api_key, timeout)
+
+    def hf_hosted(
+        self, hub_id: str, api_key: SecretStr | None, timeout: float | None, base: str | None = None
+    ) -> HFHostedBackend:
+        """HF hosted inference for ``hub_id``: at ``base`` (an Inference Endpoint), else the settings' URL."""
+        token = api_key if api_key is not None else self.settings.hf_token
+        url = base or self.settings.hf_inference_url
+        return HFHostedBackend(hub_id, self.clients, self.policy, url, token, timeout)
+
+    def cohere(self, api_base: str, model: str, api_key: SecretStr | None, timeout: float | None) -> CohereBackend:
+        return CohereBackend(api_base, model, self.clients, self.policy, api_key, timeout)
+
+    def close(self) -> None:
+        """Close the sync HTTP client."""
+        self.clients.close()
+
+    async def aclose(self) -> None:
+        """Close this event loop's async client and the sync one."""
+        await self.clients.aclose()
+        self.clients.close()
