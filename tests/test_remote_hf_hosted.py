@@ -81,7 +81,9 @@ def test_the_base_url_comes_from_the_environment(hf: LoopbackServer, monkeypatch
     dheera_local.rerank(REMOTE_ID, QUERY, DOCS, cache=False)
     assert hf.paths() == [f"POST /models/{REMOTE_ID}"]
     monkeypatch.delenv("DHEERA_HF_INFERENCE_URL")
-    assert Settings.from_env().hf_inference_url == DEFAULT_HF_INFERENCE_URL == "https://router.huggingface.co/hf-inference"
+    assert (
+        Settings.from_env().hf_inference_url == DEFAULT_HF_INFERENCE_URL == "https://router.huggingface.co/hf-inference"
+    )
 
 
 def test_token_precedence_api_key_then_hf_token_then_saved_token(
