@@ -109,8 +109,8 @@ class Selector:
         if api_format == "tei":
             return self.backends.tei(options.api_base, options.api_key, options.timeout)
         if api_format == "hf":
-            # An HF Inference Endpoint (text-classification) at api_base, for a hub id or any name.
-            return self.backends.hf_hosted(hub_id or name, options.api_key, options.timeout, base=options.api_base)
+            # A dedicated HF Inference Endpoint (text classification): api_base is its URL.
+            return self.backends.hf_hosted(hub_id or name, options.api_key, options.timeout, url=options.api_base)
         return self.backends.cohere(options.api_base, name, options.api_key, options.timeout)
 
     def _plan_named(self, ref: ModelRef, options: RerankOptions) -> Plan:

@@ -1,4 +1,4 @@
-"""The test-model builders in dheera_local.testing: reproducible, and loud when training fails."""
+"""The test toolkit in dheera_local.testing: reproducible model builders, the fake reranker."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+import dheera_local
 from dheera_local import testing
 
 
@@ -26,3 +27,25 @@ def test_one_seed_gives_one_model(tmp_path: Path, arch: str) -> None:
 def test_a_keyword_model_that_cannot_learn_raises_with_its_margin(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"did not learn 'paris' in 3 x 2 steps: held-out positives"):
         testing.train_keyword_reranker(tmp_path / "untrained", keyword="paris", steps=2)
+
+
+def test_the_fake_reranker_ranks_by_its_function_through_the_real_engine() -> None:
+    reranker = testing.fake_reranker()
+    response = reranker.rerank("any-org/any-model", "capital of france", ["tokyo", "paris, capital of france"])
+    assert [r.index for r in response.results] == [1, 0] and response.backend == "fake"
+    again = reranker.rerank("any-org/any-model", "capital of france", ["tokyo", "paris, capital of france"])
+    assert again.backend == "cache"  # the real cache, in the fake's own folder
+    length = testing.fake_reranker(score=lambda query, document: -len(document))
+    ranked = length.rerank("x/y", "q", ["a long document", "short"], top_n=1, return_documents=True)
+    assert ranked.results[0].document == {"text": "short"}
+    assert length.backends.fake.calls == [("q", ["a long document", "short"])]
+    with pytest.raises(dheera_local.InvalidRequestError):
+        reranker.rerank("x/y", "", ["a"])  # validation is the real one
+
+
+def test_the_doctests_of_the_toolkit() -> None:
+    import doctest
+
+    from dheera_local.testing import fake
+
+    assert doctest.testmod(fake).failed == 0

@@ -70,12 +70,13 @@ class Backends:
         return TEIBackend(api_base, self.limits, self.clients, self.policy, api_key, timeout)
 
     def hf_hosted(
-        self, hub_id: str, api_key: SecretStr | None, timeout: float | None, base: str | None = None
+        self, hub_id: str, api_key: SecretStr | None, timeout: float | None, url: str | None = None
     ) -> HFHostedBackend:
-        """HF hosted inference for ``hub_id``: at ``base`` (an Inference Endpoint), else the settings' URL."""
+        """Text classification for ``hub_id``: at ``url`` (an Inference Endpoint), else on HF hosted
+        inference (the settings' URL); the token is ``api_key``, else the settings' HF token."""
         token = api_key if api_key is not None else self.settings.hf_token
-        url = base or self.settings.hf_inference_url
-        return HFHostedBackend(hub_id, self.clients, self.policy, url, token, timeout)
+        url = url or f"{self.settings.hf_inference_url}/models/{hub_id}"
+        return HFHostedBackend(url, self.clients, self.policy, token, timeout)
 
     def cohere(self, api_base: str, model: str, api_key: SecretStr | None, timeout: float | None) -> CohereBackend:
         return CohereBackend(api_base, model, self.clients, self.policy, api_key, timeout)

@@ -1,7 +1,8 @@
 """The HuggingFace hosted inference API (hf-inference), text-classification over pairs.
 
-``POST {base}/models/ORG/NAME`` with ``{"inputs": [{"text": query, "text_pair": doc}, ...],
-"parameters": {"function_to_apply": "none", "top_k": 3}}`` answers raw logits as ``[{label, score}]``
+``POST {base}/models/ORG/NAME`` (or a dedicated Inference Endpoint's URL) with
+``{"inputs": [{"text": query, "text_pair": doc}, ...], "parameters": {"function_to_apply": "none",
+"top_k": 3}}`` answers raw logits as ``[{label, score}]``
 or ``[[{label, score}], ...]`` (one list per input), in input order. ``base`` defaults to
 ``https://router.huggingface.co/hf-inference`` (the settings' ``hf_inference_url``, from
 ``DHEERA_HF_INFERENCE_URL``). The token is ``api_key``, else the settings' ``hf_token``.
@@ -24,7 +25,8 @@ LABELS_PER_PAIR = 3
 
 
 class HFHostedBackend(RemoteBackend):
-    """Scores through HuggingFace's hosted inference for ``hub_id``."""
+    """Scores through a text-classification endpoint at ``url``: ``{base}/models/ORG/NAME`` on HF hosted
+    inference, or an Inference Endpoint's own URL (``api_format="hf"``)."""
 
     name = "hf_hosted"
     label = "HF hosted inference"
@@ -32,16 +34,14 @@ class HFHostedBackend(RemoteBackend):
 
     def __init__(
         self,
-        hub_id: str,
+        url: str,
         clients: HttpClients,
         policy: RetryPolicy,
-        base: str,
         token: SecretStr | None = None,
         timeout: float | None = None,
     ) -> None:
         super().__init__(clients, policy, token, timeout)
-        self.hub_id = hub_id
-        self.url = f"{base.rstrip('/')}/models/{hub_id}"
+        self.url = url
 
     def describe(self) -> dict[str, str]:
         return {"endpoint": self.url}

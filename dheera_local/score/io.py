@@ -62,7 +62,7 @@ def import_pyarrow() -> Any:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise InvalidRequestError(
-            "Parquet files need pyarrow: pip install 'dheera_local[batch]'", field="input"
+            "Parquet files need pyarrow: pip install 'dheera_local[score]'", field="input"
         ) from exc
     return pq
 
