@@ -95,7 +95,7 @@ class Selector:
         assert ref.hub_id is not None
         if options.api_base:
             default = "tei" if ref.text.startswith(HF_PREFIX) else "cohere"
-            return self._endpoint(options.api_format or default, ref.hub_id, ref.name, options)
+            return self.backends.endpoint(options.api_format or default, options, model=ref.name)
         if options.api_format not in (None, "hf"):
             raise InvalidRequestError(
                 f"api_format={options.api_format!r} needs api_base (the endpoint's URL)", field="api_format"
@@ -104,19 +104,10 @@ class Selector:
             return None
         return self.backends.hf_hosted(ref.hub_id, options.api_key, options.timeout)
 
-    def _endpoint(self, api_format: str, hub_id: str | None, name: str, options: RerankOptions) -> Backend:
-        assert options.api_base is not None
-        if api_format == "tei":
-            return self.backends.tei(options.api_base, options.api_key, options.timeout)
-        if api_format == "hf":
-            # A dedicated HF Inference Endpoint (text classification): api_base is its URL.
-            return self.backends.hf_hosted(hub_id or name, options.api_key, options.timeout, url=options.api_base)
-        return self.backends.cohere(options.api_base, name, options.api_key, options.timeout)
-
     def _plan_named(self, ref: ModelRef, options: RerankOptions) -> Plan:
         if options.backend == "local" or not options.api_base:
             raise ModelNotAvailableError(_not_available_message(ref, options, self.settings))
-        backend = self._endpoint(options.api_format or "cohere", None, ref.name, options)
+        backend = self.backends.endpoint(options.api_format or "cohere", options, model=ref.name)
         identity = ModelIdentity(f"{options.api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0)
         return Plan(identity, [backend], bases=[identity])
 

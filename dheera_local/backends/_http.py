@@ -246,13 +246,7 @@ def send(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
                 _attempt.ends = None
             return decode(call, response)
         except (RemoteBackendError, *_HTTPX_ERRORS) as exc:
-            error = _as_backend_error(call, exc, budget)
-            delay = _retry_delay(error, attempt, started, policy)
-            if delay is None:
-                if error is exc:
-                    raise
-                raise error from exc
-            time.sleep(delay)
+            time.sleep(_next_delay(call, exc, budget, attempt, started, policy))
 
 
 async def asend(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
@@ -272,13 +266,18 @@ async def asend(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
                 raise httpx.ReadTimeout("the attempt's time limit passed") from exc
             return decode(call, response)
         except (RemoteBackendError, *_HTTPX_ERRORS) as exc:
-            error = _as_backend_error(call, exc, budget)
-            delay = _retry_delay(error, attempt, started, policy)
-            if delay is None:
-                if error is exc:
-                    raise
-                raise error from exc
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_next_delay(call, exc, budget, attempt, started, policy))
+
+
+def _next_delay(call: Call, exc: Exception, budget: float, attempt: int, started: float, policy: RetryPolicy) -> float:
+    """Seconds to wait before the next attempt; raises the failure (as a RemoteBackendError) when there is none."""
+    error = _as_backend_error(call, exc, budget)
+    delay = _retry_delay(error, attempt, started, policy)
+    if delay is None:
+        if error is exc:
+            raise error
+        raise error from exc
+    return delay
 
 
 def _attempt_budget(call: Call, policy: RetryPolicy, started: float) -> float:

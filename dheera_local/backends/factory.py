@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from .._chunking import SHARED_TOKENIZERS, TokenizerStore
 from .._discovery import LocalWeights
+from .._options import RerankOptions
 from .._settings import Settings
 from ._http import HttpClients, RetryPolicy
 from .base import Backend
@@ -65,6 +66,17 @@ class Backends:
     def serve(self, local: LocalBackend) -> Backend:
         """What serves ``local``'s requests: itself, or what ``local_wrapper`` makes of it."""
         return self.local_wrapper(local) if self.local_wrapper is not None else local
+
+    def endpoint(self, api_format: str, options: RerankOptions, *, model: str) -> Backend:
+        """The backend for ``options.api_base`` speaking ``api_format`` (one of ``API_FORMATS``), asked
+        for ``model`` (the name the endpoint knows; TEI serves one model and ignores it)."""
+        assert options.api_base is not None
+        base, key, timeout = options.api_base, options.api_key, options.timeout
+        if api_format == "tei":
+            return self.tei(base, key, timeout)
+        if api_format == "hf":  # a dedicated HF Inference Endpoint: api_base is its URL
+            return self.hf_hosted(model, key, timeout, url=base)
+        return self.cohere(base, model, key, timeout)
 
     def tei(self, api_base: str, api_key: SecretStr | None, timeout: float | None) -> TEIBackend:
         return TEIBackend(api_base, self.limits, self.clients, self.policy, api_key, timeout)
