@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
 from .._errors import RemoteBackendError
 from .._secrets import mask
+from ._deadline import attempt_deadline, check_deadline, deadline_transport
 
 logger = logging.getLogger("dheera_local")
 
@@ -149,80 +149,6 @@ class HttpClients:
             await entry[0].aclose()  # if the generator never started, its finally did not run
 
 
-# The sync deadline -------------------------------------------------------------------------------
-# httpx bounds each socket read, not a whole answer: a byte every few seconds never times out. The
-# sync client's connections therefore wrap their socket operations, capping each one's timeout by
-# what is left of this thread's attempt. (The async client is bounded by asyncio.wait_for.)
-
-_attempt = threading.local()
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A network stream whose every read and write ends by this thread's attempt deadline."""
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _capped(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _capped(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        tls = self._stream.start_tls(ssl_context, server_hostname, _capped(timeout, httpcore.ConnectTimeout))
-        return _DeadlineStream(tls)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's network backend, handing out :class:`_DeadlineStream` connections."""
-
-    def __init__(self, backend: httpcore.NetworkBackend) -> None:
-        self._backend = backend
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
-        stream = self._backend.connect_tcp(host, port, _capped(timeout, httpcore.ConnectTimeout), **kwargs)
-        return _DeadlineStream(stream)
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
-        stream = self._backend.connect_unix_socket(path, _capped(timeout, httpcore.ConnectTimeout), **kwargs)
-        return _DeadlineStream(stream)
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-def _capped(timeout: float | None, error: type[Exception]) -> float | None:
-    ends = getattr(_attempt, "ends", None)
-    if ends is None:
-        return timeout
-    remaining = ends - time.monotonic()
-    if remaining <= 0:
-        raise error("the attempt's time limit passed")
-    return remaining if timeout is None else min(timeout, remaining)
-
-
-def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's transport, its connections bounded by the calling thread's attempt deadline."""
-    transport = httpx.HTTPTransport(limits=limits)
-    # httpx exposes no network-backend option; its pool does (httpcore's public NetworkBackend API).
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if isinstance(backend, httpcore.NetworkBackend):
-        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
-    else:  # a future httpx: chunk-by-chunk checks in _read_capped still bound the body
-        logger.debug("httpx transport without a network backend to wrap; per-read timeouts only")
-    return transport
-
-
 async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> Any:
     try:
         yield
@@ -239,11 +165,8 @@ def send(clients: HttpClients, call: Call, policy: RetryPolicy) -> Any:
         attempt += 1
         budget = _attempt_budget(call, policy, started)
         try:
-            _attempt.ends = time.monotonic() + budget
-            try:
+            with attempt_deadline(budget):
                 response = _fetch(clients.sync(), call, policy.timeout(call.timeout, budget))
-            finally:
-                _attempt.ends = None
             return decode(call, response)
         except (RemoteBackendError, *_HTTPX_ERRORS) as exc:
             time.sleep(_next_delay(call, exc, budget, attempt, started, policy))
@@ -317,7 +240,7 @@ def _read_capped(call: Call, chunks: Any) -> bytes:
     for chunk in chunks:
         size = _count(call, size, chunk)
         parts.append(chunk)
-        _capped(None, httpcore.ReadTimeout)  # a transport without the deadline wrapper: check between chunks
+        check_deadline()  # a transport without the deadline wrapper: check between chunks
     return b"".join(parts)
 
 
