@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import dheera_local
-from dheera_local._cpu_kernels import EAGER, PACKED, pack_linears, packing_available
+from dheera_local._cpu_kernels import EAGER, PACKED, pack_linears, packing_available, probe_check
 from dheera_local._hardware import cpu_features
 
 NATIVE_BF16 = cpu_features().native_bf16
@@ -47,9 +47,12 @@ def test_packed_linears_match_eager_bf16(model_fixture: str, request: pytest.Fix
     folder: Path = request.getfixturevalue(model_fixture)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     features = tokenizer([QUERY] * len(DOCS), DOCS, padding=True, return_tensors="pt")
+    fp32 = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     eager = AutoModelForSequenceClassification.from_pretrained(folder).eval().to(torch.bfloat16)
     packed = AutoModelForSequenceClassification.from_pretrained(folder).eval().to(torch.bfloat16)
-    assert pack_linears(packed, dict(features)) == PACKED
+    with torch.inference_mode():
+        reference = fp32(**features).logits.float()
+    assert pack_linears(packed, dict(features), reference) == PACKED
     assert not any(type(m) is torch.nn.Linear for m in packed.modules())  # every linear was swapped
     with torch.inference_mode():
         expected = eager(**features).logits.float()
@@ -103,7 +106,7 @@ def test_packing_that_raises_leaves_the_eager_model_intact(tiny_bert: Path) -> N
         "model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval().to(torch.bfloat16)\n"
         "linears = sum(type(m) is torch.nn.Linear for m in model.modules())\n"
         "before = model(**features).logits\n"
-        "kernels = pack_linears(model, features)\n"
+        "kernels = pack_linears(model, features, before.float())\n"
         "same = torch.equal(model(**features).logits, before)\n"
         "print(kernels, linears, sum(type(m) is torch.nn.Linear for m in model.modules()), same)\n"
     )
@@ -146,3 +149,37 @@ def test_undoing_the_swap_restores_the_eager_model(tiny_bert: Path) -> None:
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == linears
     with torch.inference_mode():
         assert torch.equal(model(**features).logits, before)
+
+
+def test_the_check_is_relative_to_what_bf16_itself_costs() -> None:
+    reference = torch.tensor([[9.5], [-6.0], [0.3]])  # a real reranker's spread
+    eager = reference + torch.tensor([[0.11], [-0.08], [0.01]])  # bf16's own error, ~1% of the spread
+    assert probe_check(reference, eager, reference + 0.12).passed  # as close as eager: kept
+    assert probe_check(reference, eager, reference - 0.16).passed  # a little worse (fused GELU rounds once)
+    worse = probe_check(reference, eager, reference + torch.tensor([[0.0], [0.6], [0.0]]))
+    assert not worse.passed and "allowed 0.2600" in str(worse)  # 1.5 x 0.11 + 0.01 x 9.5
+    tiny = torch.tensor([[0.02], [-0.01]])  # a twin's spread: the floor decides
+    assert probe_check(tiny, tiny + 0.0005, tiny + 0.009).passed
+    assert not probe_check(tiny, tiny + 0.0005, tiny + 0.05).passed
+
+
+@NEEDS_PACKING
+def test_packing_survives_a_realistic_logit_spread(keyword_model: Path, tmp_path: Path) -> None:
+    # The keyword model with its head scaled x3: logits spread over about -15..+15, as wide as a real
+    # reranker's or wider. A fixed 0.05 tolerance used to drop packing here.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(keyword_model)
+    with torch.no_grad():
+        model.classifier.weight.mul_(3.0)
+        model.classifier.bias.mul_(3.0)
+    model.save_pretrained(tmp_path / "wide")
+    AutoTokenizer.from_pretrained(keyword_model).save_pretrained(tmp_path / "wide")
+    exact = dheera_local.rerank(str(tmp_path / "wide"), QUERY, DOCS, dtype="float32", raw_scores=True, cache=False)
+    fast = dheera_local.rerank(str(tmp_path / "wide"), QUERY, DOCS, dtype="bfloat16", raw_scores=True, cache=False)
+    assert fast.meta.dheera_local.kernels == PACKED
+    spread = max(abs(r.relevance_score) for r in exact.results)
+    assert spread > 10
+    reference = {r.index: r.relevance_score for r in exact.results}
+    assert max(abs(r.relevance_score - reference[r.index]) for r in fast.results) <= 0.02 * spread
+    assert {r.index for r in fast.results[:3]} == {r.index for r in exact.results[:3]} == {0, 2, 5}

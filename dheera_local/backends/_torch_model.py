@@ -45,11 +45,17 @@ class LocalModel:
             ) from exc
         self.encoder = encoder
         self.tokenizer = encoder.tokenizer
-        self.network = encoder.model.to(dtype=dtype).eval()
-        self.num_labels = int(self.network.config.num_labels)
+        network = encoder.model.eval()
+        self.num_labels = int(network.config.num_labels)
         self.kernels = EAGER
-        if packing_available(device, dtype, cpu_kernels):
-            self.kernels = pack_linears(self.network, self._probe_batch())
+        packing = packing_available(device, dtype, cpu_kernels)
+        if packing:
+            # The fp32 logits the packed kernels are judged against, before the weights lose precision.
+            probe = self._probe_batch()
+            reference = _probe_logits(network.float(), probe)
+        self.network = network.to(dtype=dtype)
+        if packing:
+            self.kernels = pack_linears(self.network, probe, reference)
         self._lock = threading.Lock()
         # The fast tokenizer keeps truncation settings as mutable state: calls with different
         # max_length from two threads would race. Separate from _lock so tokenizing the next
@@ -57,9 +63,16 @@ class LocalModel:
         self._tokenizer_lock = threading.Lock()
 
     def _probe_batch(self) -> dict[str, torch.Tensor]:
-        texts = ["a short probe document", "a somewhat longer probe document with a few more words in it"]
-        encoded = self.tokenizer(["probe query"] * 2, texts, truncation=True, max_length=64, padding=False)
-        return self._pad(encoded, [0, 1])
+        # Pairs of several lengths, so the check sees padding and a realistic spread of positions.
+        texts = [
+            "a short probe document",
+            "a somewhat longer probe document with a few more words in it",
+            " ".join(["the river flows through the old city, past the museum and the market"] * 6),
+            "what is the capital of the country in the north",
+        ]
+        queries = ["probe query", "which city has a river", "a museum near the river", "capital city"]
+        encoded = self.tokenizer(queries, texts, truncation=True, max_length=128, padding=False)
+        return self._pad(encoded, list(range(len(texts))))
 
     def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_tokens: int) -> list[float]:
         """Raw logits for ``pairs`` in input order (fp32, whatever the weights' precision)."""
@@ -151,6 +164,11 @@ class LocalModel:
             smaller,
         )
         return smaller
+
+
+@torch.inference_mode()
+def _probe_logits(network: torch.nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    return network(**features).logits.float()
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
