@@ -135,3 +135,33 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    """A model in the huggingface_hub cache: the snapshot dheera_local would load, and its size."""
+
+    hub_id: str
+    revision: str
+    size_bytes: int
+    path: Path
+
+
+def cached_models(hub_cache: Path) -> list[CachedModel]:
+    """Every model repo in the hub cache with a complete snapshot (huggingface_hub's ``scan_cache_dir``),
+    at the revision discovery picks; sorted by hub id."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir(hub_cache)
+    except CacheNotFound:
+        return []
+    found = []
+    for repo in info.repos:
+        weights = find_in_hub_cache(repo.repo_id, hub_cache) if repo.repo_type == "model" else None
+        if weights is None:
+            continue
+        sizes = {revision.commit_hash: revision.size_on_disk for revision in repo.revisions}
+        found.append(CachedModel(repo.repo_id, weights.revision, sizes.get(weights.revision, 0), weights.path))
+    return sorted(found, key=lambda model: model.hub_id.lower())

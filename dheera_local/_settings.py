@@ -15,6 +15,7 @@ DHEERA_HF_INFERENCE_URL     ``hf_inference_url`` (``https://router.huggingface.c
 HF_TOKEN                    ``hf_token`` (else ``HUGGING_FACE_HUB_TOKEN``, the token file of
                             ``hf auth login`` at ``HF_TOKEN_PATH`` / ``$HF_HOME/token``)
 DHEERA_CPU_KERNELS          ``cpu_kernels``: ``auto`` (prepacked oneDNN where it helps) or ``eager``
+CO_API_KEY                  ``cohere_api_key`` (else ``COHERE_API_KEY``): sent to Cohere's own API only
 ==========================  =========================================================================
 """
 
@@ -52,6 +53,7 @@ class Settings:
     hf_token_value: SecretStr | None = field(default=None, repr=False)
     hf_token_file: Path | None = field(default=None, repr=False)
     hf_token_lookup: bool = field(default=False, repr=False)
+    cohere_api_key: SecretStr | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +71,7 @@ class Settings:
             hf_token_file=_token_file(env),
             # huggingface_hub's own lookup (OIDC, Colab secrets) only where no token file is named.
             hf_token_lookup=not env.get("HF_TOKEN_PATH"),
+            cohere_api_key=_registered(env.get("CO_API_KEY") or env.get("COHERE_API_KEY")),
         )
 
     @functools.cached_property
@@ -99,6 +102,12 @@ def hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
 def _xdg_cache(env: Mapping[str, str]) -> Path:
     xdg = env.get("XDG_CACHE_HOME")
     return Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+
+
+def _registered(value: str | None) -> SecretStr | None:
+    value = (value or "").strip()
+    register(value)
+    return SecretStr(value) if value else None
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from ._console import quiet_weight_loading
 from ._errors import DheeraError, InvalidRequestError
 from ._options import add_engine_options, engine_options
@@ -30,7 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["serve", *argv]  # the seed docs' `dheera_ai --config config.yaml`
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    try:
+        _configure_logging(args.verbose, args.log_format)
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
@@ -60,14 +66,37 @@ def _is_seed_serve_form(argv: list[str]) -> bool:
     return has_config and values_only
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, log_format: str = "text") -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _formatter(log_format: str) -> logging.Formatter:
+    if log_format != "json":
+        return logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    try:
+        from pythonjsonlogger.json import JsonFormatter
+    except ImportError as exc:
+        raise ImportError("--log-format json needs python-json-logger: pip install 'dheera_local[server]'") from exc
+    # One JSON object per line: time, level, logger, message (already masked by dheera_local's loggers).
+    return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dheera-local", description="Local-first reranking with remote fallback.")
+    parser = argparse.ArgumentParser(
+        prog="dheera-local",
+        description="Local-first reranking with remote fallback.",
+        epilog="Every option of `serve` and --log-format can also come from its environment variable "
+        "(DHEERA_CONFIG, DHEERA_HOST, DHEERA_PORT, DHEERA_ALLOW_UNAUTHENTICATED, DHEERA_LOG_FORMAT).",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"dheera-local {__version__}")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=_env("DHEERA_LOG_FORMAT", "text"),
+        help="log lines on stderr as text or as one JSON object each (env DHEERA_LOG_FORMAT)",
+    )  # fmt: skip
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_rerank(commands)
     _add_models(commands)
@@ -83,7 +112,8 @@ def _command(
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_, description=help_)
     parser.set_defaults(handler=handler)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
+    # SUPPRESS: without -v here, the -v given before the command stands.
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -122,13 +152,26 @@ def _add_cache(commands: Any) -> None:
 
 
 def _add_serve(commands: Any) -> None:
+    # Each flag also comes from an environment variable, as TEI's and infinity's do (containers set env).
     parser = _command(commands, "serve", _cmd_serve, "Run the rerank proxy server (needs dheera_local[server]).")
-    parser.add_argument("--config", required=True, help="config.yaml with a model_list")
-    parser.add_argument("--host", help="bind address (127.0.0.1 without a master key)")
-    parser.add_argument("--port", type=int, default=4000)
+    config = _env("DHEERA_CONFIG")
+    parser.add_argument("--config", required=config is None, default=config, help="config.yaml (env DHEERA_CONFIG)")
+    parser.add_argument("--host", default=_env("DHEERA_HOST"), help="bind address (env DHEERA_HOST; 127.0.0.1 "
+                        "without a master key)")  # fmt: skip
+    # A string default goes through type=int: a bad DHEERA_PORT is a usage error, not a traceback.
+    parser.add_argument("--port", type=int, default=_env("DHEERA_PORT", "4000"), help="env DHEERA_PORT")
     parser.add_argument(
-        "--allow-unauthenticated", action="store_true", help="allow a non-loopback host without a master key"
-    )
+        "--allow-unauthenticated", action="store_true", default=_env_flag("DHEERA_ALLOW_UNAUTHENTICATED"),
+        help="allow a non-loopback host without a master key (env DHEERA_ALLOW_UNAUTHENTICATED=1)",
+    )  # fmt: skip
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def _env_flag(name: str) -> bool:
+    return (os.environ.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _add_score(commands: Any) -> None:
@@ -201,29 +244,51 @@ def _json_document(line: str) -> Any:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from ._catalog import known_models
-    from ._discovery import find_in_hub_cache
-    from ._settings import Settings
-
-    hub_cache = Settings.from_env().hub_cache
-    rows = []
-    for model in known_models().values():
-        weights = find_in_hub_cache(model.hub_id, hub_cache)
-        rows.append({
-            "model": model.hub_id, "kind": model.kind, "max_length": model.max_length, "params": model.params,
-            "languages": model.languages, "license": model.license,
-            "local": weights is not None, "path": str(weights.path) if weights else None,
-        })  # fmt: skip
+    rows = _model_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     width = max(len(row["model"]) for row in rows)
-    print(f"{'MODEL':<{width}}  {'KIND':<13} {'MAX_LEN':>7} {'PARAMS':>6}  {'LICENSE':<10} LOCAL WEIGHTS")
+    print(f"{'MODEL':<{width}}  {'KIND':<13} {'MAX_LEN':>7} {'PARAMS':>6}  {'LICENSE':<10} {'SIZE':>8}  LOCAL WEIGHTS")
     for row in rows:
-        where = row["path"] or "no (dheera-local pull " + row["model"] + ")"
-        columns = f"{row['kind']:<13} {row['max_length']:>7} {row['params']:>6}  {row['license']:<10}"
-        print(f"{row['model']:<{width}}  {columns} {where}")
+        shown = {name: row[name] or "-" for name in ("kind", "max_length", "params", "license")}
+        where = f"{row['path']} ({row['revision'][:12]})" if row["path"] else f"no (dheera-local pull {row['model']})"
+        size = f"{row['size_bytes'] / 1e6:.0f} MB" if row["size_bytes"] else "-"
+        columns = f"{shown['kind']:<13} {shown['max_length']:>7} {shown['params']:>6}  {shown['license']:<10}"
+        print(f"{row['model']:<{width}}  {columns} {size:>8}  {where}")
     return 0
+
+
+def _model_rows() -> list[dict[str, Any]]:
+    """models.txt's models (local or not), then every other cross-encoder found in the HF cache."""
+    from ._catalog import check_cross_encoder, known_models, lookup
+    from ._discovery import cached_models
+    from ._errors import DheeraError
+    from ._settings import Settings
+
+    cached = {model.hub_id.lower(): model for model in cached_models(Settings.from_env().hub_cache)}
+    rows = []
+    for known in known_models().values():
+        local = cached.get(known.hub_id.lower())
+        rows.append({
+            "model": known.hub_id, "kind": known.kind, "max_length": known.max_length, "params": known.params,
+            "languages": known.languages, "license": known.license, "source": "models.txt", "local": local is not None,
+            "path": str(local.path) if local else None, "revision": local.revision if local else None,
+            "size_bytes": local.size_bytes if local else None,
+        })  # fmt: skip
+    for model in cached.values():
+        if lookup(model.hub_id) is not None:
+            continue
+        try:
+            check_cross_encoder(model.hub_id, model.path)
+        except DheeraError:
+            continue  # an embedding model or an LLM in the same cache: not ours to list
+        rows.append({
+            "model": model.hub_id, "kind": "cross-encoder", "max_length": None, "params": None, "languages": None,
+            "license": None, "source": "hf-cache", "local": True, "path": str(model.path),
+            "revision": model.revision, "size_bytes": model.size_bytes,
+        })  # fmt: skip
+    return rows
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:

@@ -290,7 +290,7 @@ def decode(call: Call, response: httpx.Response) -> Any:
             url=call.url,
             status=response.status_code,
             retryable=response.status_code in RETRY_STATUSES,
-            retry_after=retry_after_seconds(response.headers.get("retry-after")),
+            retry_after=retry_after(response.headers),
         )
         raise error
     try:
@@ -366,6 +366,18 @@ def _retry_delay(error: RemoteBackendError, attempt: int, started: float, policy
         return None
     logger.info("%s; retry %d/%d in %.2fs", error, attempt, policy.max_attempts - 1, delay)
     return delay
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """How long the server asks us to wait: ``retry-after-ms`` (milliseconds, as OpenAI and Azure send
+    it, more precise) when present, else ``Retry-After`` (seconds or an HTTP date); None without either."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(float(milliseconds) / 1000, 0.0)
+        except ValueError:
+            pass  # a malformed value: fall back to Retry-After
+    return retry_after_seconds(headers.get("retry-after"))
 
 
 def retry_after_seconds(value: str | None) -> float | None:

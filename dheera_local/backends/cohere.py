@@ -8,6 +8,7 @@ into logits (the inverse sigmoid), so the orchestrator's sigmoid gives the serve
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -16,6 +17,15 @@ from ._http import Call, HttpClients, RetryPolicy
 from ._remote import RemoteBackend, as_float, group_by_limits, probability_to_logit
 
 DOCUMENTS_PER_REQUEST = 1000
+
+
+COHERE_HOSTS = ("api.cohere.com", "api.cohere.ai")
+
+
+def is_cohere_api(api_base: str) -> bool:
+    """True for Cohere's own API (https, its hosts), where ``CO_API_KEY`` belongs."""
+    parts = urlsplit(api_base)
+    return parts.scheme == "https" and (parts.hostname or "") in COHERE_HOSTS
 
 
 def rerank_url(api_base: str) -> str:

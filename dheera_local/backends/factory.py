@@ -18,7 +18,7 @@ from .._options import RerankOptions
 from .._settings import Settings
 from ._http import HttpClients, RetryPolicy
 from .base import Backend
-from .cohere import CohereBackend
+from .cohere import CohereBackend, is_cohere_api
 from .hf_hosted import HFHostedBackend
 from .local import SHARED_MODELS, LocalBackend, ModelStore
 from .tei import EndpointLimits, TEIBackend
@@ -91,6 +91,10 @@ class Backends:
         return HFHostedBackend(url, self.clients, self.policy, token, timeout)
 
     def cohere(self, api_base: str, model: str, api_key: SecretStr | None, timeout: float | None) -> CohereBackend:
+        """A Cohere-compatible endpoint. Without ``api_key``, Cohere's own API gets ``CO_API_KEY`` (as the
+        cohere SDK reads it); other servers get no key: the Cohere key is not theirs to see."""
+        if api_key is None and is_cohere_api(api_base):
+            api_key = self.settings.cohere_api_key
         return CohereBackend(api_base, model, self.clients, self.policy, api_key, timeout)
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .. import __version__
-from .auth import AuthGate, MasterKey
+from .auth import PUBLIC_PATHS, AuthGate, MasterKey
 from .config import ServerConfig
 from .errors import install_error_handlers
 from .middleware import BodyLimit, RequestContext
@@ -50,8 +50,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(api)
-    key = config.master_key
-    app.add_middleware(BodyLimit, max_bytes=config.general_settings.max_request_body_bytes)
-    app.add_middleware(AuthGate, master_key=MasterKey(key.get_secret_value()) if key is not None else None)
+    key, general = config.master_key, config.general_settings
+    open_paths = PUBLIC_PATHS if general.metrics_require_auth else PUBLIC_PATHS | {"/metrics"}
+    master_key = MasterKey(key.get_secret_value()) if key is not None else None
+    app.add_middleware(BodyLimit, max_bytes=general.max_request_body_bytes)
+    app.add_middleware(AuthGate, master_key=master_key, public=open_paths)
     app.add_middleware(RequestContext)  # added last: outermost, so it logs and ids every answer
     return app

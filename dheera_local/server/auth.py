@@ -66,12 +66,13 @@ def check(master_key: MasterKey | None, request: Request) -> None:
 class AuthGate:
     """ASGI middleware: 401 for a missing or wrong key, before the body is read."""
 
-    def __init__(self, app: ASGIApp, master_key: MasterKey | None) -> None:
+    def __init__(self, app: ASGIApp, master_key: MasterKey | None, public: frozenset[str] = PUBLIC_PATHS) -> None:
         self.app = app
         self.master_key = master_key
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.master_key is not None and scope.get("path") not in PUBLIC_PATHS:
+        if scope["type"] == "http" and self.master_key is not None and scope.get("path") not in self.public:
             try:
                 check(self.master_key, Request(scope))
             except AuthenticationError as exc:

@@ -104,6 +104,8 @@ class GeneralSettings(_Section):
     max_batch_pairs: int = Field(default=1024, ge=1, description="pairs merged into one local scoring call")
     num_retries: int = Field(default=3, ge=0, description="retries of a failed remote call")
     health_check_timeout: float = Field(default=30.0, gt=0)
+    metrics: bool = Field(default=True, description="serve Prometheus metrics at GET /metrics")
+    metrics_require_auth: bool = Field(default=False, description="put /metrics behind the master key")
     graceful_shutdown_timeout: float = Field(default=30.0, gt=0)
 
     @field_validator("master_key")

@@ -19,13 +19,15 @@ drains the queue, then stops the worker.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .._errors import BackendError, LocalBackendError, OverloadedError, ShuttingDownError
 from ..backends.local import LocalBackend
@@ -36,6 +38,9 @@ Pair = tuple[str, str]
 DEFAULT_MAX_QUEUE_PAIRS = 8192
 DEFAULT_MAX_BATCH_PAIRS = 1024
 MAX_RETRY_AFTER = 60
+# Upper bounds of the buckets that count steps by how much they merged (the last one is unbounded).
+STEP_PAIRS_BUCKETS = (1, 4, 16, 64, 256, 1024, math.inf)
+STEP_REQUESTS_BUCKETS = (1, 2, 4, 8, 16, 32, math.inf)
 
 
 @dataclass
@@ -47,10 +52,14 @@ class BatcherStats:
     steps: int = 0
     pairs: int = 0
     merged_steps: int = 0
+    stepped_requests: int = 0  # requests summed over steps (a request retried alone counts again)
     max_requests_per_step: int = 0
     max_pairs_per_step: int = 0
     queued_pairs: int = 0
     running_pairs: int = 0
+    # Steps by merged size, one count per bucket of STEP_PAIRS_BUCKETS / STEP_REQUESTS_BUCKETS (for /metrics).
+    steps_by_pairs: list[int] = field(default_factory=lambda: [0] * len(STEP_PAIRS_BUCKETS))
+    steps_by_requests: list[int] = field(default_factory=lambda: [0] * len(STEP_REQUESTS_BUCKETS))
 
 
 @dataclass
@@ -134,10 +143,10 @@ class MicroBatcher:
             self._cond.notify()
         return job.future
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """A snapshot of :class:`BatcherStats`."""
         with self._cond:
-            return asdict(self._stats)
+            return asdict(self._stats)  # a deep copy: the bucket lists too
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Refuse new jobs, let the worker finish the queued ones, then stop it."""
@@ -227,8 +236,11 @@ class MicroBatcher:
             stats.steps += 1
             stats.pairs += pairs
             stats.merged_steps += len(jobs) > 1
+            stats.stepped_requests += len(jobs)
             stats.max_requests_per_step = max(stats.max_requests_per_step, len(jobs))
             stats.max_pairs_per_step = max(stats.max_pairs_per_step, pairs)
+            stats.steps_by_pairs[bisect.bisect_left(STEP_PAIRS_BUCKETS, pairs)] += 1
+            stats.steps_by_requests[bisect.bisect_left(STEP_REQUESTS_BUCKETS, len(jobs))] += 1
             if seconds > 0:
                 rate = pairs / seconds
                 self._rate = rate if self._rate <= 0 else 0.8 * self._rate + 0.2 * rate
@@ -293,7 +305,7 @@ class BatcherPool:
                 self._batchers[key] = batcher
             return batcher
 
-    def stats(self) -> dict[str, dict[str, int]]:
+    def stats(self) -> dict[str, dict[str, Any]]:
         """Each batcher's counters, by ``"model_id on device"`` (max_length appended when models repeat)."""
         with self._lock:
             batchers = list(self._batchers.items())

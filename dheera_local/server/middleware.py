@@ -92,10 +92,19 @@ def _where(exc: BaseException) -> str:
 
 def _log(scope: Scope, request_id: str, status: int, seconds: float) -> None:
     fields: dict[str, Any] = scope.get("state", {}).get("log") or {}
+    _count(scope, status, seconds, fields)
     extra = "".join(f" {name}={fields[name]}" for name in LOG_FIELDS if fields.get(name) is not None)
     path = mask(scope.get("path", ""))
     level = logging.WARNING if status >= 500 else logging.INFO
     logger.log(level, "%s %s %s %d %.1fms%s", request_id, scope.get("method", ""), path, status, seconds * 1000, extra)
+
+
+def _count(scope: Scope, status: int, seconds: float, fields: dict[str, Any]) -> None:
+    state = getattr(getattr(scope.get("app"), "state", None), "dheera", None)
+    metrics = getattr(state, "metrics", None)
+    if metrics is not None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"  # the template: few label values
+        metrics.observe(route, status, seconds, fields)
 
 
 class BodyLimit:

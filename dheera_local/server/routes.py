@@ -13,9 +13,11 @@ from typing import Any
 
 import pydantic_core
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .health import check_models
+from .metrics import CONTENT_TYPE
 from .schemas import (
     COHERE_RESPONSE,
     ERROR_RESPONSES,
@@ -112,6 +114,14 @@ async def health(request: Request) -> dict[str, Any]:
     return await check_models(server_state(request))
 
 
+@public.get("/metrics", summary="Prometheus metrics (open unless general_settings.metrics_require_auth)")
+async def metrics(request: Request) -> Response:
+    collected = server_state(request).metrics
+    if collected is None:
+        raise StarletteHTTPException(404, "metrics are off (general_settings.metrics: false)")
+    return Response(collected.render(), media_type=CONTENT_TYPE)
+
+
 @public.get("/health/liveliness", summary="The process answers")
 @public.get("/health/liveness", include_in_schema=False)
 async def liveliness() -> str:
@@ -152,6 +162,7 @@ def _respond(request: Request, answer: Answer) -> JSONResponse:
         headers["x-dheera-cache-hits"] = str(served.cache_hits)
         if served.fallbacks:
             headers["x-dheera-fallbacks"] = ",".join(served.fallbacks)
-        log.update(backend=served.backend, cache_hits=served.cache_hits)
+        log.update(backend=served.backend, cache_hits=served.cache_hits, scored=served.scored)
+        log["fallbacks"] = served.fallbacks
     request.state.log = log
     return RerankJSONResponse(answer.payload, headers=headers)

@@ -22,6 +22,7 @@ from .._secrets import mask
 from ..backends._http import RetryPolicy
 from .config import ServerConfig
 from .errors import NotReadyError
+from .metrics import Metrics
 from .micro_batching import BatcherPool
 from .registry import ModelRegistry
 from .service import RerankService
@@ -38,6 +39,7 @@ class ServerState:
     reranker: Reranker
     pool: BatcherPool
     service: RerankService
+    metrics: Metrics | None
     started_at: int
     draining: bool = False
 
@@ -55,6 +57,7 @@ class ServerState:
             reranker=reranker,
             pool=pool,
             service=RerankService(reranker, registry, settings),
+            metrics=Metrics(pool.stats) if settings.metrics else None,
             started_at=int(time.time()),
         )
 
