@@ -3,6 +3,9 @@
 A batch costs ``longest pair x pairs`` tokens once padded; batches are filled, longest first,
 until the next pair would push that cost over the budget. The memory a forward pass needs is
 bounded by the budget, whatever the documents' lengths.
+
+Written here, not taken from a library: sentence-transformers and transformers batch by a fixed pair
+count; TEI and infinity plan by tokens but inside their servers, not as a reusable function.
 """
 
 from __future__ import annotations
