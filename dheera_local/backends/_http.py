@@ -1,11 +1,11 @@
 """HTTP for every remote backend: pooled httpx clients, timeouts, retries and error translation.
 
-Retries (exponential backoff with jitter, ``Retry-After`` honoured) cover connection errors,
-timeouts and 429/502/503/504, within a bounded number of attempts and an overall deadline. Other
-4xx are not retried. (A loop of our own rather than tenacity or httpx-retries: each attempt's time
-budget is cut from what is left of the deadline, and the server's ``retry-after-ms``/``Retry-After``
-decides the delay; neither library does both.) Time is bounded as a whole, not per socket read: one attempt takes at most
-``timeout`` seconds (headers and body included) and the whole call at most the policy's
+Retries (exponential backoff with jitter, ``retry-after-ms`` or ``Retry-After`` honoured) cover
+connection errors, timeouts and 429/502/503/504, within a bounded number of attempts and an overall
+deadline. Other 4xx are not retried. (A loop of our own rather than tenacity or httpx-retries: each
+attempt's time budget is cut from what is left of the deadline, and the server decides the delay;
+neither library does both.) Time is bounded as a whole, not per socket read: one attempt takes at
+most ``timeout`` seconds (headers and body included) and the whole call at most the policy's
 ``deadline``, so an endpoint that trickles its answer a byte at a time cannot hold a caller. An
 answer is read up to :data:`MAX_RESPONSE_BYTES`. Errors carry the URL, the status and the
 server's message, never a secret: tokens travel only in the ``Authorization`` header of requests

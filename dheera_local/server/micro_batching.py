@@ -9,9 +9,10 @@
                                                             └─► each job's future gets its own slice
 
 Written here rather than taken from infinity (whose ``BatchHandler`` has this shape): it is not a
-library one can import without its server and engines. The queue is bounded in pairs: a job that would overflow it raises :class:`OverloadedError`
-(the server answers 429 with ``Retry-After``) instead of growing memory; a job arriving at an
-empty queue is always taken, so an oversized request cannot starve. A merged step that fails is
+library one can import without its server and engines. The queue is bounded in pairs: a job that
+would overflow it raises :class:`OverloadedError` (the server answers 429 with ``Retry-After``)
+instead of growing memory; a job arriving at an empty queue is always taken, so an oversized
+request cannot starve. A merged step that fails is
 retried job by job, so one bad request fails alone. If the worker thread dies, every queued
 future fails (none hangs) and the next job starts a fresh worker. :meth:`MicroBatcher.close`
 drains the queue, then stops the worker.
