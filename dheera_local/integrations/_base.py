@@ -42,7 +42,10 @@ class RerankFields(BaseModel):
     )
     top_n: int | None = Field(default=3, ge=1, description="How many results to return (None: all, best first).")
     api_base: str | None = Field(default=None, description="A TEI-, Cohere- or HF-compatible endpoint to fall back to.")
-    api_key: SecretStr | None = Field(default=None, description="The endpoint's key (HF hosted: HF_TOKEN by default).")
+    # Left out of model_dump/to_dict: a saved pipeline config never holds the key (give it again when loading).
+    api_key: SecretStr | None = Field(
+        default=None, exclude=True, description="The endpoint's key (HF hosted: HF_TOKEN by default)."
+    )
     api_format: str | None = Field(default=None, description="The endpoint's wire format: tei, cohere or hf.")
     backend: str = Field(default="auto", description="auto (local weights first, then remote), local or remote.")
     cache: bool = Field(default=True, description="Read and write the on-disk score cache.")
