@@ -8,19 +8,15 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
 
-pytest.importorskip("langchain_core", reason="needs the langchain extra")
-pytest.importorskip("langchain_classic", reason="ContextualCompressionRetriever lives in langchain-classic")
-
-from langchain_classic.retrievers import ContextualCompressionRetriever  # noqa: E402
-from langchain_core.callbacks import CallbackManagerForRetrieverRun  # noqa: E402
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.retrievers import BaseRetriever  # noqa: E402
-
-from conftest import TINY_BERT_ID  # noqa: E402
-from dheera_local import Reranker  # noqa: E402
-from dheera_local.integrations.langchain import DheeraRerank  # noqa: E402
-from loopback import Servers, reference_logits, sigmoid  # noqa: E402
+from conftest import TINY_BERT_ID
+from dheera_local import Reranker
+from dheera_local.integrations.langchain import DheeraRerank
+from loopback import Servers, reference_logits, sigmoid
 
 QUERY = "which city is the capital"
 TEXTS = [

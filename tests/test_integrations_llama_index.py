@@ -8,20 +8,17 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+from llama_index.core.llms import MockLLM
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.response_synthesizers import get_response_synthesizer
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-pytest.importorskip("llama_index.core", reason="needs the llama-index extra")
-
-from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler  # noqa: E402
-from llama_index.core.llms import MockLLM  # noqa: E402
-from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
-from llama_index.core.response_synthesizers import get_response_synthesizer  # noqa: E402
-from llama_index.core.retrievers import BaseRetriever  # noqa: E402
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
-
-import dheera_local  # noqa: E402
-from dheera_local import Reranker  # noqa: E402
-from dheera_local.integrations.llama_index import DheeraRerank  # noqa: E402
-from loopback import Servers, reference_logits, sigmoid  # noqa: E402
+import dheera_local
+from dheera_local import Reranker
+from dheera_local.integrations.llama_index import DheeraRerank
+from loopback import Servers, reference_logits, sigmoid
 
 QUERY = "which city is the capital"
 TEXTS = [
