@@ -14,7 +14,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from conftest import TINY_BERT_ID
-from dheera_local import Reranker
+from dheera_local import Reranker, testing
 from dheera_local.integrations.langchain import DheeraRerank
 from loopback import Servers, reference_logits, sigmoid
 
@@ -136,3 +136,30 @@ def test_no_documents_no_call(reranker: Reranker) -> None:
     compressor = DheeraRerank(model="huggingface/tiny-org/not-on-this-machine", backend="remote", reranker=reranker)
     assert compressor.compress_documents([], QUERY) == []
     assert asyncio.run(compressor.acompress_documents([], QUERY)) == []
+
+
+def test_the_async_path_is_the_engines_not_a_thread_running_the_sync_one() -> None:
+    # LangChain's default acompress_documents runs compress_documents in a thread; ours awaits the
+    # engine's arerank, whose backends score on the event loop (the fake one does, in ascore).
+    on_the_loop: list[bool] = []
+
+    def score(query: str, document: str) -> float:
+        on_the_loop.append(_loop_running())
+        return testing.word_overlap(query, document)
+
+    compressor = DheeraRerank(model="any-org/any-model", top_n=1, reranker=testing.fake_reranker(score))
+    docs = [Document("tokyo japan"), Document("paris capital of france")]
+    assert [d.page_content for d in asyncio.run(compressor.acompress_documents(docs, "capital of france"))] == [
+        "paris capital of france"
+    ]
+    assert on_the_loop == [True, True]
+    compressor.compress_documents(docs, "the capital")  # a new query: not cached
+    assert on_the_loop == [True, True, False, False]
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -16,7 +16,7 @@ from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 import dheera_local
-from dheera_local import Reranker
+from dheera_local import Reranker, testing
 from dheera_local.integrations.llama_index import DheeraRerank
 from loopback import Servers, reference_logits, sigmoid
 
@@ -145,3 +145,29 @@ def test_it_serializes_as_a_llama_index_component_without_its_secrets() -> None:
     assert data["class_name"] == "DheeraRerank" and data["model"] == "BAAI/bge-reranker-base" and data["top_n"] == 4
     assert "api_key" not in data and "reranker" not in data and "adapter-token-123" not in postprocessor.to_json()
     assert DheeraRerank.from_dict(data).model_dump() == postprocessor.model_dump()
+
+
+def test_the_async_path_is_the_engines_not_a_thread_running_the_sync_one() -> None:
+    # BaseNodePostprocessor's default _apostprocess_nodes runs the sync method in a thread; ours awaits
+    # the engine's arerank, whose backends score on the event loop (the fake one does, in ascore).
+    on_the_loop: list[bool] = []
+
+    def score(query: str, document: str) -> float:
+        on_the_loop.append(_loop_running())
+        return testing.word_overlap(query, document)
+
+    postprocessor = DheeraRerank(model="any-org/any-model", top_n=1, reranker=testing.fake_reranker(score))
+    nodes = [NodeWithScore(node=TextNode(text=text)) for text in ("tokyo japan", "paris capital of france")]
+    kept = asyncio.run(postprocessor.apostprocess_nodes(nodes, query_str="capital of france"))
+    assert [n.node.get_content() for n in kept] == ["paris capital of france"]
+    assert on_the_loop == [True, True]
+    postprocessor.postprocess_nodes(nodes, query_str="the capital")  # a new query: not cached
+    assert on_the_loop == [True, True, False, False]
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
