@@ -1,0 +1,83 @@
+"""What the framework adapters share: their fields and the one call into the engine.
+
+An adapter is a pydantic model made of :class:`RerankFields` and its framework's base class. It
+turns the framework's objects into texts, calls :meth:`RerankFields.rank` (or ``arank``) and maps
+the results back by ``index``. Ordering, ``top_n``, the cache and the fallback stay in
+:class:`dheera_local.Reranker`, exactly as for ``dheera_local.rerank``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from .._model_ref import parse_model
+from .._options import build_options
+from .._orchestrator import Reranker
+from .._response import RerankResult
+from .._runtime import default_reranker
+
+# The keyword options of ``dheera_local.rerank`` an adapter takes as fields (a test checks each is one).
+ENGINE_OPTIONS = ("api_base", "api_key", "api_format", "backend", "cache", "device", "dtype", "max_length", "timeout")
+
+
+def missing_extra(module: str, package: str, extra: str) -> str:
+    """The message of the ImportError raised when an adapter's framework is not installed."""
+    return f'dheera_local.integrations.{module} needs {package}; install it with: pip install "dheera_local[{extra}]"'
+
+
+class RerankFields(BaseModel):
+    """The model, ``top_n`` and the engine options: the fields of every ``DheeraRerank``.
+
+    Values are checked when the adapter is made (a bad ``backend`` fails there, not at the first
+    query), by the same checks as ``dheera_local.rerank``.
+    """
+
+    # extra="forbid": a misspelt option (``topn=5``) is an error, not a silently ignored field.
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    model: str = Field(
+        description="huggingface/ORG/NAME, ORG/NAME, a local model folder, or a name an api_base endpoint knows."
+    )
+    top_n: int | None = Field(default=3, ge=1, description="How many results to return (None: all, best first).")
+    api_base: str | None = Field(default=None, description="A TEI-, Cohere- or HF-compatible endpoint to fall back to.")
+    # Left out of model_dump/to_dict: a saved pipeline config never holds the key (give it again when loading).
+    api_key: SecretStr | None = Field(
+        default=None, exclude=True, description="The endpoint's key (HF hosted: HF_TOKEN by default)."
+    )
+    api_format: str | None = Field(default=None, description="The endpoint's wire format: tei, cohere or hf.")
+    backend: str = Field(default="auto", description="auto (local weights first, then remote), local or remote.")
+    cache: bool = Field(default=True, description="Read and write the on-disk score cache.")
+    device: str | None = Field(default=None, description="Torch device of the local backend (default: the best).")
+    dtype: str | None = Field(default=None, description="Local precision: auto, float32, bfloat16 or float16.")
+    max_length: int | None = Field(default=None, description="Tokens per (query, document) pair.")
+    timeout: float | None = Field(default=None, description="Seconds one remote request may take.")
+    reranker: Reranker | None = Field(
+        default=None, exclude=True, description="The engine to use (default: the one behind dheera_local.rerank)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RerankFields:
+        # InvalidRequestError is a ValueError: pydantic reports it as a ValidationError naming the value.
+        parse_model(self.model)
+        build_options(**self.engine_options())
+        return self
+
+    def engine_options(self) -> dict[str, Any]:
+        """The keyword options passed to :meth:`dheera_local.Reranker.rerank` on every call."""
+        return {name: getattr(self, name) for name in ENGINE_OPTIONS}
+
+    def engine(self) -> Reranker:
+        """The Reranker that serves this adapter: the one given, else the process's default."""
+        # Looked up per call, not kept: close_all() replaces the default one, and a kept one would be closed.
+        return self.reranker if self.reranker is not None else default_reranker()
+
+    def rank(self, query: str, texts: list[str]) -> list[RerankResult]:
+        """Rerank ``texts`` for ``query``: the best ``top_n`` results, each naming its text by ``index``."""
+        return self.engine().rerank(self.model, query, texts, top_n=self.top_n, **self.engine_options()).results
+
+    async def arank(self, query: str, texts: list[str]) -> list[RerankResult]:
+        """The async twin of :meth:`rank`; never blocks the event loop."""
+        response = await self.engine().arerank(self.model, query, texts, top_n=self.top_n, **self.engine_options())
+        return response.results
