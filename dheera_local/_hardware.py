@@ -34,10 +34,13 @@ class CpuFeatures:
     avx512_bf16: bool = False
     amx_bf16: bool = False
     avx512_vnni: bool = False
+    # The instruction set torch's own kernels use: lower than the CPU's when capped with
+    # ATEN_CPU_CAPABILITY (as for a laptop stand-in), and then bf16 is no longer native.
+    torch_isa: str = "AVX512"
 
     @property
     def native_bf16(self) -> bool:
-        return self.avx512_bf16 or self.amx_bf16
+        return (self.avx512_bf16 or self.amx_bf16) and self.torch_isa.startswith("AVX512")
 
 
 @functools.cache
@@ -46,15 +49,17 @@ def cpu_features() -> CpuFeatures:
     import torch
 
     probes = torch.cpu
+    isa = torch.backends.cpu.get_cpu_capability()
     try:
         return CpuFeatures(
             avx512_bf16=bool(probes._is_avx512_bf16_supported()),
             amx_bf16=bool(probes._is_amx_tile_supported()),
             avx512_vnni=bool(probes._is_vnni_supported()),
+            torch_isa=isa,
         )
     except AttributeError:  # older torch: fall back to the kernel's flag list
         flags = _proc_cpuinfo_flags()
-        return CpuFeatures("avx512_bf16" in flags, "amx_bf16" in flags, "avx512_vnni" in flags)
+        return CpuFeatures("avx512_bf16" in flags, "amx_bf16" in flags, "avx512_vnni" in flags, isa)
 
 
 def _proc_cpuinfo_flags() -> set[str]:

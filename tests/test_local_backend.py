@@ -125,6 +125,19 @@ def test_auto_precision_rule() -> None:
     assert resolve_dtype(None, "cpu", CpuFeatures()) is torch.float32  # no native bf16: fp32
     assert resolve_dtype("fp16", "cpu", CpuFeatures()) is torch.float16  # an explicit choice wins
     assert resolve_dtype("auto", "mps", CpuFeatures()) is torch.float16
+    # torch's kernels capped below AVX-512 (ATEN_CPU_CAPABILITY=avx2, a laptop stand-in): bf16 is emulated.
+    assert resolve_dtype(None, "cpu", CpuFeatures(avx512_bf16=True, torch_isa="AVX2")) is torch.float32
+
+
+def test_a_capped_isa_is_taken_as_a_cpu_without_native_bf16() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    code = "from dheera_local._hardware import resolve_dtype; print(resolve_dtype(None, 'cpu'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "torch.float32", done.stderr
 
 
 def test_response_reports_device_and_dtype() -> None:
