@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the server rows")
     parser.add_argument("--isa", choices=sorted(ISA_ENV), help="run every system limited to this ISA (laptop)")
     parser.add_argument("--gpu-device", default="cuda", help="the gpu section's device (cpu: test its code)")
+    parser.add_argument("--gpu-twin", default="bge-reranker-base", help="the gpu section's model (a twin's name)")
     parser.add_argument("--only", default=SECTIONS, help=f"comma-separated sections: {SECTIONS}")
     return parser.parse_args(argv)
 
@@ -218,11 +219,12 @@ class Suite:
         self.peers: dict[str, bool] = {}
         self.exports: dict[tuple[str, str], Path | None] = {}
 
-    def measure_peaks(self, device: str, dtypes: tuple[str, ...]) -> tuple[dict[str, float], str]:
+    def measure_peaks(
+        self, device: str, dtypes: tuple[str, ...], size: int | None = None
+    ) -> tuple[dict[str, float], str]:
         """Matmul peaks in a child process, under the same environment (``--isa``) as every system."""
-        result = run_system(
-            "peaks", {"device": device, "dtypes": list(dtypes)}, f"matmul peaks on {device}", env=self.isa_env
-        )
+        spec = {"device": device, "dtypes": list(dtypes), "size": size}
+        result = run_system("peaks", spec, f"matmul peaks on {device}", env=self.isa_env)
         if "error" in result:
             self.notes.append(f"matmul peaks on {device} not measured: {result['error']}")
         return result.get("peaks", {}), result.get("device_name", "unknown")
@@ -392,13 +394,20 @@ class Suite:
             row = self.measure(run, "quality", label, model, self.batch_big)
             row["ndcg@10"] = ndcg_at_10(row.get("logits", []), self.batch_big)
 
+    def note_stand_in(self) -> None:
+        note = _stand_in_note(self.rows, self.args.isa)
+        if note:
+            self.notes.append(note)
+
     def gpu_section(self, model: Path, label: str) -> None:
         """bge-reranker-base twin on one CUDA card: ST fp32/fp16 and ours auto/fp16, against the card's peaks."""
         device = self.args.gpu_device
-        if device.startswith("cuda") and not cuda_available():
+        on_gpu = device.startswith("cuda")
+        if on_gpu and not cuda_available():
             self.notes.append("gpu section skipped: no CUDA device (torch.cuda.is_available() is False)")
             return
-        peaks, name = self.measure_peaks(device, ("float32", "bfloat16", "float16"))
+        # A CPU has no fast fp16: testing this section there (--gpu-device cpu), small matrices will do.
+        peaks, name = self.measure_peaks(device, ("float32", "bfloat16", "float16"), None if on_gpu else 256)
         self.gpu = {"device": device, "name": name, "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}}
         flops = workload_flops(model, self.single)
         runs = [
@@ -413,6 +422,19 @@ class Suite:
             self.measure(
                 run, "gpu", label, model, self.single, flops=flops, peaks=peaks, device=device, repeats=repeats
             )
+
+
+def _stand_in_note(rows: list[dict[str, Any]], isa: str) -> str | None:
+    """Where the stand-in differs from a real laptop: dheera_local's auto precision reads the CPU's own flags."""
+    cpu_rows = [r for r in rows if r.get("key") == "ours-auto" and r.get("section") != "gpu"]
+    bf16 = [r for r in cpu_rows if r.get("precision") == "bfloat16"]
+    if not bf16:
+        return None
+    return (
+        f"--isa {isa}: dheera_local's auto precision chose bfloat16 ({bf16[0].get('kernels')} kernels), as on this "
+        "CPU, because it reads the CPU's own feature flags, not ONEDNN_MAX_CPU_ISA/ATEN_CPU_CAPABILITY; a real "
+        f"{isa.upper()}-only laptop has no native bf16 and gets float32: its auto rows are the float32 ones"
+    )
 
 
 def run_sections(suite: Suite, sections: set[str]) -> None:
@@ -441,7 +463,10 @@ def run_sections(suite: Suite, sections: set[str]) -> None:
         for folder in args.model:
             suite.real(Path(folder))
     if "gpu" in sections:
-        suite.gpu_section(base, BGE_TWIN)
+        gpu_model = base if args.gpu_twin == "bge-reranker-base" else twin(args.gpu_twin, args.models_dir, suite.corpus)
+        suite.gpu_section(gpu_model, f"{args.gpu_twin} twin (random weights)")
+    if args.isa:
+        suite.note_stand_in()
 
 
 def main() -> None:

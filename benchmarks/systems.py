@@ -528,7 +528,7 @@ def run_peaks(spec: dict) -> dict:
     from machine import device_name, matmul_peak
 
     device = spec.get("device", "cpu")
-    peaks = {dtype: matmul_peak(dtype, device=device) for dtype in spec["dtypes"]}
+    peaks = {dtype: matmul_peak(dtype, size=spec.get("size"), device=device) for dtype in spec["dtypes"]}
     return {"peaks": peaks, "device_name": device_name(device), "logits": []}
 
 
