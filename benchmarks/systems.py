@@ -2,10 +2,12 @@
 
     python benchmarks/systems.py SYSTEM spec.json result.json
 
-A spec names the model folder, the requests (query + documents) and how often to repeat them;
-a result holds per-request latencies, raw logits per request (for fidelity), the precision used
-and the process's peak memory. Only public APIs are used: sentence-transformers, dheera_local's
-``rerank``/``Reranker``, the ``dheera-local serve`` command, and infinity's HTTP server.
+A spec names the model folder, the requests (query + documents), how often to repeat them and
+the device; a result holds per-request latencies, raw logits per request (for fidelity), the
+precision and kernels used and the process's peak memory. Only public APIs are used:
+sentence-transformers (torch, onnx and openvino backends), dheera_local's ``rerank``, the
+``dheera-local serve`` command, and infinity's HTTP server. A peer's systems run under its own
+virtualenv's python, so this file imports nothing outside the standard library at the top.
 """
 
 from __future__ import annotations
@@ -36,6 +38,27 @@ def peak_rss_mb(pid: int | str = "self") -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def warm_up(call: Callable[[Request], list[float]], spec: dict) -> None:
+    """One untimed call; on a GPU the first real request, so kernel selection for its shapes is not timed."""
+    if spec.get("device", "cpu").startswith("cuda") and spec["requests"]:
+        call(spec["requests"][0])
+    else:
+        call({"query": "warm up", "documents": ["a short warm-up document"] * 4})
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """Installed versions of ``packages`` (peers run other versions than ours)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def timed_requests(requests: list[Request], repeats: int, call: Callable[[Request], list[float]]) -> dict[str, Any]:
@@ -100,21 +123,54 @@ def concurrent_requests(
 # --- sentence-transformers ----------------------------------------------------------------------
 
 
+ST_KERNELS = {"torch": "torch eager", "onnx": "onnxruntime", "openvino": "openvino"}
+
+
 def run_st(spec: dict) -> dict:
+    """``CrossEncoder.predict`` with its defaults; ``backend`` onnx/openvino loads a folder exported by st-export."""
     import torch
     from sentence_transformers import CrossEncoder
 
-    encoder = CrossEncoder(spec["model"], device="cpu")
+    backend, device = spec.get("backend", "torch"), spec.get("device", "cpu")
+    dtype = spec.get("dtype")  # float16: the GPU section's half-precision row; else its default (fp32)
+    model_kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)} if dtype else {}
+    if spec.get("ov_precision"):
+        # OpenVINO infers in bf16 by default on CPUs that have it; "f32" asks for fp32.
+        model_kwargs["ov_config"] = {"INFERENCE_PRECISION_HINT": spec["ov_precision"]}
+    encoder = CrossEncoder(
+        spec["model"], device=device, backend=backend, local_files_only=True, model_kwargs=model_kwargs
+    )
     autocast = spec.get("autocast", False)
 
     def call(request: Request) -> list[float]:
         pairs = [(request["query"], d) for d in request["documents"]]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
             return encoder.predict(pairs, activation_fn=torch.nn.Identity()).tolist()
 
-    call({"query": "warm up", "documents": ["a short warm-up document"] * 4})
+    warm_up(call, spec)
     result = timed_requests(spec["requests"], spec["repeats"], call)
-    return {**result, "precision": "bfloat16 (autocast)" if autocast else "float32"}
+    kernels = ST_KERNELS[backend] + (" (autocast)" if autocast else "")
+    precision = "bfloat16 (autocast)" if autocast else dtype or "float32"
+    if backend == "openvino":
+        hint = encoder.model.request.get_property("INFERENCE_PRECISION_HINT").to_string()  # what it really ran
+        precision = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}.get(hint, hint)
+    return {
+        **result,
+        "precision": precision,
+        "kernels": kernels,
+        "versions": versions("sentence-transformers", "transformers", "torch", "onnxruntime", "openvino"),
+    }
+
+
+def run_st_export(spec: dict) -> dict:
+    """Export the model folder to ``backend`` (onnx/openvino) locally and save it to ``target`` (no hub)."""
+    from sentence_transformers import CrossEncoder
+
+    backend = spec["backend"]
+    # No exported file in the folder: sentence-transformers exports it from the local weights.
+    encoder = CrossEncoder(spec["model"], device="cpu", backend=backend, local_files_only=True)
+    encoder.save_pretrained(spec["target"])
+    return {"precision": "float32", "kernels": ST_KERNELS[backend], "logits": []}
 
 
 # --- dheera_local in-process --------------------------------------------------------------------
@@ -123,7 +179,7 @@ def run_st(spec: dict) -> dict:
 def run_ours(spec: dict) -> dict:
     import dheera_local
 
-    options = {"cache": False, "raw_scores": True, "device": "cpu", **spec.get("options", {})}
+    options = {"cache": False, "raw_scores": True, "device": spec.get("device", "cpu"), **spec.get("options", {})}
     served: dict[str, Any] = {}
 
     def call(request: Request) -> list[float]:
@@ -132,9 +188,9 @@ def run_ours(spec: dict) -> dict:
         by_index = {r.index: r.relevance_score for r in response.results}
         return [by_index[i] for i in range(len(request["documents"]))]
 
-    call({"query": "warm up", "documents": ["a short warm-up document"] * 4})
+    warm_up(call, spec)
     result = timed_requests(spec["requests"], spec["repeats"], call)
-    return {**result, "precision": served.get("dtype")}
+    return {**result, "precision": served.get("dtype"), "kernels": served.get("kernels")}
 
 
 def run_ours_cache(spec: dict) -> dict:
@@ -197,7 +253,7 @@ def serve_and_measure(
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base + health, process)
         call = call_factory(base)
-        call({"query": "warm up", "documents": ["a short warm-up document"] * 4})
+        warm_up(call, spec)
         clients = spec.get("clients", 1)
         if clients > 1:
             result = concurrent_requests(spec["requests"], spec["repeats"], clients, call)
@@ -270,8 +326,10 @@ def run_ours_server(spec: dict) -> dict:
 
     in_process: list[float] = []
     over_http: list[float] = []
+    served: dict[str, Any] = {}
 
     def client(base: str) -> Callable[[Request], list[float]]:
+        served.update(_served_by(base, headers))
         call = tei_client(base, headers=headers)
         if not cached:
             return call
@@ -285,7 +343,18 @@ def run_ours_server(spec: dict) -> dict:
         # Each timed call ran both; keep the two latencies apart.
         result["in_process_latencies"], result["latencies"] = in_process[1:], over_http[1:]
     # The server applies the library's own rule for "auto" on this machine.
-    return {**result, "precision": "cache" if cached else dtype_name(resolve_dtype(dtype, "cpu"))}
+    precision = "cache" if cached else served.get("dtype") or dtype_name(resolve_dtype(dtype, "cpu"))
+    return {**result, "precision": precision, "kernels": served.get("kernels")}
+
+
+def _served_by(base: str, headers: dict[str, str]) -> dict[str, Any]:
+    """``meta.dheera_local`` of one Cohere-format call: the TEI format the clients use has no meta."""
+    import httpx
+
+    body = {"model": "bench", "query": "which kernels", "documents": ["a short document"], "return_documents": False}
+    answer = httpx.post(base + "/v2/rerank", json=body, headers=headers, timeout=600)
+    answer.raise_for_status()
+    return answer.json().get("meta", {}).get("dheera_local") or {}
 
 
 def _interleaved_with_in_process(
@@ -343,7 +412,7 @@ def run_infinity(spec: dict) -> dict:
         return call
 
     result = serve_and_measure(command, env, "/health", spec, client)
-    return {**result, "precision": dtype}
+    return {**result, "precision": dtype, "kernels": "infinity torch"}
 
 
 # --- our remote client against a slow TEI-format endpoint ---------------------------------------
@@ -451,8 +520,22 @@ def run_ours_score(spec: dict) -> dict:
             "server_peak_rss_mb": peak}  # fmt: skip
 
 
+# --- this machine's matmul peaks (in a child, so --isa's environment applies to them too) ---------
+
+
+def run_peaks(spec: dict) -> dict:
+    """Sustained matmul GFLOP/s per precision on ``device``, and the device's name."""
+    from machine import device_name, matmul_peak
+
+    device = spec.get("device", "cpu")
+    peaks = {dtype: matmul_peak(dtype, size=spec.get("size"), device=device) for dtype in spec["dtypes"]}
+    return {"peaks": peaks, "device_name": device_name(device), "logits": []}
+
+
 SYSTEMS = {
     "st": run_st,
+    "st-export": run_st_export,
+    "peaks": run_peaks,
     "ours": run_ours,
     "ours-cache": run_ours_cache,
     "ours-server": run_ours_server,
