@@ -14,7 +14,7 @@ HF_HUB_OFFLINE              ``hub_offline``: no call to HuggingFace (``TRANSFORM
 DHEERA_HF_INFERENCE_URL     ``hf_inference_url`` (``https://router.huggingface.co/hf-inference``)
 HF_TOKEN                    ``hf_token`` (else ``HUGGING_FACE_HUB_TOKEN``, the token file of
                             ``hf auth login`` at ``HF_TOKEN_PATH`` / ``$HF_HOME/token``)
-DHEERA_CPU_KERNELS          ``cpu_kernels``: ``auto`` (prepacked oneDNN where it helps) or ``eager``
+DHEERA_CPU_KERNELS          ``cpu_kernels``: ``auto`` (prepacked oneDNN linears, bf16 or fp32) or ``eager``
 CO_API_KEY                  ``cohere_api_key`` (else ``COHERE_API_KEY``): sent to Cohere's own API only
 ==========================  =========================================================================
 """

@@ -19,6 +19,9 @@ NATIVE_BF16 = cpu_features().native_bf16
 NEEDS_PACKING = pytest.mark.skipif(
     not packing_available("cpu", torch.bfloat16), reason="oneDNN cannot pack bf16 linears with this torch build or CPU"
 )
+NEEDS_FP32_PACKING = pytest.mark.skipif(
+    not packing_available("cpu", torch.float32), reason="oneDNN cannot pack fp32 linears with this torch build"
+)
 QUERY = "which city"
 DOCS = [
     "the city of paris has a famous museum",
@@ -31,10 +34,12 @@ DOCS = [
 ]
 
 
-def test_packing_applies_only_to_cpu_bf16_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not packing_available("cpu", torch.float32)
+def test_packing_applies_only_to_cpu_bf16_and_fp32_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not packing_available("cpu", torch.float16)
     assert not packing_available("cuda", torch.bfloat16)
+    assert not packing_available("cuda", torch.float32)
     assert not packing_available("cpu", torch.bfloat16, cpu_kernels="eager")
+    assert not packing_available("cpu", torch.float32, cpu_kernels="eager")
     monkeypatch.setenv("DHEERA_CPU_KERNELS", "eager")
     assert dheera_local.Settings.from_env().cpu_kernels == "eager"
 
@@ -60,6 +65,39 @@ def test_packed_linears_match_eager_bf16(model_fixture: str, request: pytest.Fix
     assert torch.allclose(actual, expected, atol=0.05)
 
 
+@NEEDS_FP32_PACKING
+@pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_xlmr", "keyword_model"])
+def test_packed_fp32_linears_match_eager_fp32(model_fixture: str, request: pytest.FixtureRequest) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder: Path = request.getfixturevalue(model_fixture)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    features = dict(tokenizer([QUERY] * len(DOCS), DOCS, padding=True, return_tensors="pt"))
+    eager = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    packed = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.inference_mode():
+        expected = eager(**features).logits.float()
+    assert pack_linears(packed, features, expected) == PACKED
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    with torch.inference_mode():
+        actual = packed(**features).logits.float()
+    # Same precision, another summation order: fp32 rounding, not bf16's 1e-2.
+    assert torch.allclose(actual, expected, rtol=0, atol=1e-4)
+
+
+@NEEDS_FP32_PACKING
+def test_fp32_on_cpu_runs_packed_with_fp32_scores(keyword_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    packed = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="float32", device="cpu", cache=False)
+    assert packed.meta.dheera_local.kernels == PACKED
+    monkeypatch.setenv("DHEERA_CPU_KERNELS", "eager")
+    dheera_local.close_all()
+    eager = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="float32", device="cpu", cache=False)
+    assert eager.meta.dheera_local.kernels == EAGER
+    expected = {r.index: r.relevance_score for r in eager.results}
+    assert [r.index for r in packed.results] == [r.index for r in eager.results]
+    assert max(abs(r.relevance_score - expected[r.index]) for r in packed.results) <= 1e-5
+
+
 def test_bf16_fast_path_keeps_the_trained_models_ranking(keyword_model: Path) -> None:
     exact = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="float32", cache=False)
     fast = dheera_local.rerank(str(keyword_model), QUERY, DOCS, dtype="bfloat16", cache=False)
@@ -73,7 +111,7 @@ def test_bf16_fast_path_keeps_the_trained_models_ranking(keyword_model: Path) ->
 
 def run_without_avx512(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in a Python whose oneDNN is capped at AVX2 (no bf16 weight reorder); it must succeed."""
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     done = subprocess.run(
         [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=120
     )  # fmt: skip
@@ -92,6 +130,20 @@ def test_a_cpu_where_onednn_cannot_pack_bf16_scores_bf16_with_eager_kernels(keyw
     done = run_without_avx512(script, str(keyword_model), *DOCS)
     kernels, top = json.loads(done.stdout.strip().splitlines()[-1])
     assert kernels == EAGER
+    assert set(top) == {0, 2, 5}
+
+
+def test_a_laptop_stand_in_packs_fp32_where_it_cannot_pack_bf16(keyword_model: Path) -> None:
+    # Capped at AVX2 (most laptops): no native bf16, so auto precision is fp32, and fp32 packs there.
+    script = (
+        "import json, sys, dheera_local\n"
+        "r = dheera_local.rerank(sys.argv[1], 'which city', sys.argv[2:], device='cpu', cache=False)\n"
+        "m = r.meta.dheera_local\n"
+        "print(json.dumps([m.dtype, m.kernels, [x.index for x in r.results[:3]]]))\n"
+    )
+    done = run_without_avx512(script, str(keyword_model), *DOCS)
+    dtype, kernels, top = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (dtype, kernels) == ("float32", PACKED)
     assert set(top) == {0, 2, 5}
 
 
