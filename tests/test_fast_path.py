@@ -235,3 +235,23 @@ def test_packing_survives_a_realistic_logit_spread(keyword_model: Path, tmp_path
     reference = {r.index: r.relevance_score for r in exact.results}
     assert max(abs(r.relevance_score - reference[r.index]) for r in fast.results) <= 0.02 * spread
     assert {r.index for r in fast.results[:3]} == {r.index for r in exact.results[:3]} == {0, 2, 5}
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_bert", "tiny_xlmr"])
+def test_bf16_on_cpu_leaves_the_memory_mapped_embedding_table_in_fp32(
+    model_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    # Converting the embedding table would read all of it (768 MB for XLM-R) beside its bf16 copy.
+    from dheera_local._discovery import LocalWeights
+    from dheera_local.backends._torch_model import LocalModel
+
+    folder: Path = request.getfixturevalue(model_fixture)
+    weights = LocalWeights(folder, str(folder), "test")
+    fast = LocalModel(weights, "cpu", torch.bfloat16)
+    exact = LocalModel(weights, "cpu", torch.float32)
+    embeddings = fast.network.base_model.embeddings
+    assert {p.dtype for p in embeddings.parameters()} == {torch.float32}
+    assert {p.dtype for p in fast.network.base_model.encoder.parameters()} <= {torch.bfloat16}
+    pairs = [(QUERY, doc) for doc in DOCS]
+    got, want = fast.logits(pairs, 64, 4096), exact.logits(pairs, 64, 4096)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 0.02

@@ -53,7 +53,7 @@ class LocalModel:
             # The fp32 logits the packed kernels are judged against, before the weights lose precision.
             probe = self._probe_batch()
             reference = _probe_logits(network.float(), probe)
-        self.network = network.to(dtype=dtype)
+        self.network = _to_dtype(network, dtype, device)
         if packing:
             self.kernels = pack_linears(self.network, probe, reference)
         self._lock = threading.Lock()
@@ -164,6 +164,25 @@ class LocalModel:
             smaller,
         )
         return smaller
+
+
+def _to_dtype(network: torch.nn.Module, dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """``network`` in ``dtype``; on CPU its embedding block stays as loaded (fp32), casting its output.
+
+    The weights are memory-mapped from safetensors, and converting XLM-R's 250k-row embedding table reads
+    all of it (768 MB) beside its bf16 copy: bge-reranker-base peaked at 2.1 GB where fp32 sentence-
+    transformers stays near 1.1 GB. Left in fp32, only the rows of tokens seen are ever read, and the
+    embeddings' sum and LayerNorm keep fp32's precision.
+    """
+    embeddings = getattr(network.base_model, "embeddings", None)
+    if dtype == torch.float32 or torch.device(device).type != "cpu" or not isinstance(embeddings, torch.nn.Module):
+        return network.to(dtype=dtype)
+    base = network.base_model
+    base.embeddings = torch.nn.Identity()  # out of the way of .to() below
+    network.to(dtype=dtype)
+    base.embeddings = embeddings
+    embeddings.register_forward_hook(lambda _module, _inputs, output: output.to(dtype))
+    return network
 
 
 @torch.inference_mode()
