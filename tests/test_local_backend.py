@@ -166,6 +166,34 @@ def test_one_load_per_model_device_dtype_even_under_concurrency() -> None:
     assert store.load(weights, key(torch.bfloat16)) is not loaded[0]
 
 
+def test_a_failed_load_is_remembered_for_a_while_then_retried(tiny_bert: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from dheera_local import LocalBackendError
+    from dheera_local._discovery import find_local_weights
+    from dheera_local._model_ref import parse_model
+    from dheera_local.backends.local import LocalBackend, ModelStore
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert, folder)
+    good_weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    store = ModelStore(retry_failed_after=3600)
+    backend = LocalBackend(find_local_weights(parse_model(str(folder))), max_length=64, dtype="float32", models=store)
+    assert backend.numerics() == "float32"  # fp32 numerics are known without loading
+    with pytest.raises(LocalBackendError, match="could not be loaded"):
+        backend.score(QUERY, DOCS)
+    (folder / "model.safetensors").write_bytes(good_weights)
+    # Remembered: no second read of the weights, and the cache identity names the failure too.
+    with pytest.raises(LocalBackendError, match="failed to load 0 s ago"):
+        backend.score(QUERY, DOCS)
+    with pytest.raises(LocalBackendError, match="failed to load"):
+        backend.numerics()
+    store.retry_failed_after = 0
+    assert len(backend.score(QUERY, DOCS)) == len(DOCS)
+    assert store.recent_failure(backend._key) is None
+
+
 def test_threads_with_different_max_length_on_one_model_each_get_their_own_truncation(keyword_model: Path) -> None:
     # The fast tokenizer holds truncation as shared state. Unserialized, one thread's max_length
     # leaked into the other's calls: about 1 row in 10 below was truncated wrongly before the fix.

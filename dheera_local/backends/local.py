@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,17 +45,31 @@ class LoadKey:
 
 
 class ModelStore:
-    """Loaded models, each loaded once even under concurrency. Thread-safe; ``clear`` forgets them all."""
+    """Loaded models, each loaded once even under concurrency. Thread-safe; ``clear`` forgets them all.
 
-    def __init__(self) -> None:
+    A failed load is remembered for ``retry_failed_after`` seconds: requests meanwhile fail at once
+    (and fall back) instead of reading broken weights again each time.
+    """
+
+    def __init__(self, retry_failed_after: float = 60.0) -> None:
         self._loaded: dict[LoadKey, LocalModel] = {}
+        self._failed: dict[LoadKey, tuple[float, LocalBackendError]] = {}
         self._locks: dict[LoadKey, threading.Lock] = {}
         self._lock = threading.Lock()
+        self.retry_failed_after = retry_failed_after
 
     def get(self, key: LoadKey) -> LocalModel | None:
         """The model for ``key`` if it is loaded, else None (never loads)."""
         with self._lock:
             return self._loaded.get(key)
+
+    def recent_failure(self, key: LoadKey) -> LocalBackendError | None:
+        """Why loading ``key`` failed, if it did less than ``retry_failed_after`` seconds ago."""
+        with self._lock:
+            failed = self._failed.get(key)
+        if failed is None or time.monotonic() - failed[0] >= self.retry_failed_after:
+            return None
+        return LocalBackendError(f"{failed[1]} (failed to load {time.monotonic() - failed[0]:.0f} s ago)")
 
     def load(self, weights: LocalWeights, key: LoadKey) -> LocalModel:
         """The model for ``key``, loading it now if needed; every failure is a LocalBackendError."""
@@ -66,9 +81,18 @@ class ModelStore:
             with self._lock:
                 if key in self._loaded:
                     return self._loaded[key]
-            model = _load(weights, key)
+            failure = self.recent_failure(key)
+            if failure is not None:
+                raise failure
+            try:
+                model = _load(weights, key)
+            except LocalBackendError as exc:
+                with self._lock:
+                    self._failed[key] = (time.monotonic(), exc)
+                raise
             with self._lock:
                 self._loaded[key] = model
+                self._failed.pop(key, None)
             logger.info("loaded %s on %s as %s", weights.model_id, key.device, dtype_name(key.dtype))
             return model
 
@@ -76,6 +100,7 @@ class ModelStore:
         """Forget every loaded model (frees memory once callers drop their references)."""
         with self._lock:
             self._loaded.clear()
+            self._failed.clear()
             self._locks.clear()
 
 
@@ -133,8 +158,12 @@ class LocalBackend:
 
     def numerics(self) -> str:
         """``float32`` on any device; reduced precision also names the device type and the kernels
-        (known once loaded: the load-time check may turn packing off)."""
+        (known once loaded: the load-time check may turn packing off). Raises LocalBackendError while
+        the model recently failed to load, so a cached fallback's scores are found without it."""
         if dtype_name(self.dtype) == "float32":
+            failure = self.models.recent_failure(self._key)
+            if failure is not None:
+                raise failure
             return "float32"
         return f"{dtype_name(self.dtype)}/{self.device.split(':', 1)[0]}/{self.model().kernels}"
 
