@@ -31,7 +31,8 @@ class Peer:
 
 PEERS = {
     "infinity": Peer("infinity", ("infinity-emb[torch,server]",)),
-    "onnx": Peer("onnx", ("sentence-transformers[onnx]",)),
+    # Bounds that pip would otherwise find by backtracking for many minutes (optimum-onnx caps transformers).
+    "onnx": Peer("onnx", ("sentence-transformers[onnx]>=5.7,<6", "transformers>=4.57,<4.58")),
     "openvino": Peer("openvino", ("sentence-transformers[openvino]",), remove=("torchvision",)),
 }
 

@@ -35,6 +35,8 @@ from models import trained_body, twin  # noqa: E402
 from peers import PEERS, ensure_peer  # noqa: E402
 from workloads import DEFAULT_DATASET, Request, Workload, batch_of_queries, load_noveleval, single_query  # noqa: E402
 
+from dheera_local._hardware import cpu_features  # noqa: E402
+
 SECTIONS = "speed,fidelity,server,cache,remote,batch,real,gpu"
 # A laptop stand-in: oneDNN, ATen's vectorised kernels and MKL each limited to AVX2.
 ISA_ENV = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
@@ -205,6 +207,7 @@ class Suite:
         self.rows: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.isa_env = ISA_ENV.get(args.isa or "", {})
+        self.native_bf16 = not self.isa_env and cpu_features().native_bf16
         data = load_noveleval(args.dataset)
         self.corpus = list(data.corpus.values())
         self.single = single_query(data)
@@ -307,11 +310,13 @@ class Suite:
         return self.available(self.without_emulated_bf16(runs))
 
     def without_emulated_bf16(self, runs: list[Run]) -> list[Run]:
-        """Under --isa a laptop has no native bf16: bf16 rows there would time emulation, nobody's best setting."""
-        if not self.isa_env:
+        """Without native bf16 (a CPU that lacks it, or under --isa) bf16 rows would time emulation, nobody's
+        best setting there."""
+        if self.native_bf16:
             return runs
+        where = f"--isa {self.args.isa}" if self.isa_env else "no native bf16 on this CPU"
         dropped = [run for run in runs if run in (ST_AUTOCAST, infinity("bfloat16"))]
-        note = f"--isa {self.args.isa}: bf16 rows skipped (emulated there): " + ", ".join(r.label for r in dropped)
+        note = f"{where}: bf16 rows skipped (emulated there): " + ", ".join(r.label for r in dropped)
         if dropped and note not in self.notes:
             self.notes.append(note)
         kept = [run for run in runs if run not in dropped]
@@ -334,7 +339,7 @@ class Suite:
         reference.update(compare(reference.get("logits", []), reference.get("logits", []), workload))
         runs = [ST_AUTOCAST, OURS, OURS_FP32, infinity("bfloat16"), ST_ONNX, ST_OPENVINO]
         runs += [] if self.quick else [ST_OPENVINO_DEFAULT]
-        runs += [infinity("int8")] if self.isa_env and not self.quick else []
+        runs += [] if self.native_bf16 or self.quick else [infinity("int8")]
         for run in self.available(self.without_emulated_bf16(runs)):
             self.measure(run, "fidelity", label, model, workload, reference)
 
@@ -344,7 +349,8 @@ class Suite:
         flops = workload_flops(model, workload)
         self.measure(replace(OURS, label="dheera_local in-process"), "server", label, model, workload, flops=flops)
         served = Run("ours-server", "ours-server", f"dheera-local server, {clients} clients")
-        runs = [served, infinity("bfloat16", clients)]
+        # infinity's best CPU setting: bf16 where the CPU has it natively, else int8 (its fp32 is slower).
+        runs = [served, infinity("bfloat16" if self.native_bf16 else "int8", clients)]
         for run in self.available(runs):
             self.measure(run, "server", label, model, workload, flops=flops, clients=clients)
 
