@@ -36,9 +36,11 @@ def _in_order(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def _fidelity_note(row: Row | None) -> str:
-    if row is None:
+def _fidelity_note(row: Row | None, judged: bool) -> str:
+    if not judged:
         return "fidelity: n/a (random weights)"
+    if row is None:
+        return "fidelity: not measured"
     if row.get("ndcg@10_change") is None:
         return ""
     overlap = f"top-10 overlap ≥ {row['top10_overlap_min']}/{row.get('top10_size', 10)} per query"
@@ -72,7 +74,7 @@ def speed_chart(rows: list[Row], path: Path) -> Path | None:
         ax.set_title(model, fontsize=10, loc="left")
         for y, row in zip(positions, members, strict=True):
             ratio = f" ({row['pairs_per_s'] / baseline['pairs_per_s']:.2f}x ST)" if baseline else ""
-            note = _fidelity_note(fidelity.get((model, row.get("key")))) if model in judged else _fidelity_note(None)
+            note = _fidelity_note(fidelity.get((model, row.get("key"))), model in judged)
             text = f"{row['pairs_per_s']:,.1f} pairs/s{ratio}\n{row.get('precision')}, {row.get('kernels')}; {note}"
             ax.text(row["pairs_per_s"], y, "  " + text, va="center", fontsize=7)
     axes[-1, 0].set_xlabel("pairs/s (higher is better)")
@@ -128,7 +130,7 @@ def score_scatter(rows: list[Row], path: Path) -> Path | None:
     right.set_ylabel("dheera_local − fp32")
     summary = (
         f"{model}: {len(x)} pairs; max |Δ| {ours.get('max_abs_logit_diff', float('nan')):.4f}, "
-        f"Kendall τ mean {ours.get('kendall_tau_mean', float('nan')):.4f}, {_fidelity_note(ours)}"
+        f"Kendall τ mean {ours.get('kendall_tau_mean', float('nan')):.4f}, {_fidelity_note(ours, judged=True)}"
     )
     figure.suptitle(summary, fontsize=9)
     figure.tight_layout()
