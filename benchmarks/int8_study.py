@@ -1,0 +1,176 @@
+"""Would W8A8 int8 linears keep ranking quality, and would they be faster than packed fp32? (issue 11)
+
+    python benchmarks/int8_study.py [--models-dir DIR]    # ~5 min on 2 cores; needs the trained body built
+
+On the MiniLM-L6 trained body (fitted head, logit std 3) it swaps the encoder's linears of our loaded
+fp32 model for int8 ones: per-output-channel int8 weights, per-token dynamic int8 activations
+(``torch._int_mm``), and optionally the few input channels whose calibrated magnitude is above a
+multiple of the median kept in fp32 (LLM.int8()-style outlier decomposition; calibrated on 4
+random NovelEval passages with the first query). Fidelity is judged as the suite does
+(21 NovelEval queries x 20 candidates, against our fp32 logits); speed on the suite's single-query workload.
+A study, not a product path: the int8 linears are plain eager torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from fidelity import compare
+from models import TRAINED_BODY
+from torch import nn
+from workloads import DEFAULT_DATASET, batch_of_queries, load_noveleval, single_query
+
+from dheera_local._cpu_kernels import PackedLinear
+from dheera_local._discovery import LocalWeights
+from dheera_local.backends._torch_model import LocalModel
+
+
+class Int8Linear(nn.Module):
+    """``x @ w.T + b`` with int8 weights (per output channel) and int8 activations (per token)."""
+
+    def __init__(self, linear: nn.Linear, outliers: torch.Tensor, gelu: bool) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float().clone()
+        self.outliers = outliers
+        self.outlier_weight = weight[:, outliers].t().contiguous() if len(outliers) else None
+        weight[:, outliers] = 0
+        self.weight_scale = weight.abs().amax(1).clamp_min(1e-8) / 127
+        self.weight_q = torch.round(weight / self.weight_scale[:, None]).to(torch.int8).t()
+        self.bias = linear.bias.detach().float()
+        self.gelu = gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        magnitude = rows.abs()
+        if self.outlier_weight is not None:
+            magnitude.index_fill_(1, self.outliers, 0)
+        scale = magnitude.amax(1).clamp_(min=1e-8).div_(127)
+        quantized = torch.round(rows / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        accumulated = torch._int_mm(quantized, self.weight_q)
+        if self.outlier_weight is not None:
+            out = torch.addmm(self.bias, rows[:, self.outliers], self.outlier_weight)
+        else:
+            out = self.bias.expand(accumulated.shape).clone()
+        out.addcmul_(accumulated.float().mul_(self.weight_scale), scale[:, None])
+        if self.gelu:
+            out = nn.functional.gelu(out)
+        return out.reshape(*x.shape[:-1], -1)
+
+
+def input_magnitudes(model: LocalModel, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Largest |input| per channel of every encoder linear, over ``pairs``."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in model.network.named_modules():
+        if isinstance(module, PackedLinear) and "encoder.layer" in name:
+
+            def record(_module, inputs, _output, name=name):  # noqa: ANN001, ANN202
+                largest = inputs[0].reshape(-1, inputs[0].shape[-1]).abs().amax(0)
+                seen[name] = torch.maximum(seen.get(name, torch.zeros_like(largest)), largest)
+
+            hooks.append(module.register_forward_hook(record))
+    model.logits(pairs, 512, 2048)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def load(folder: Path) -> LocalModel:
+    return LocalModel(LocalWeights(folder, str(folder), "study"), "cpu", torch.float32)
+
+
+def to_int8(model: LocalModel, folder: Path, magnitudes: dict[str, torch.Tensor], threshold: float | None) -> float:
+    """Swap the packed encoder linears for Int8Linear; returns the mean number of fp32 input channels."""
+    from transformers import AutoModelForSequenceClassification
+
+    originals = dict(AutoModelForSequenceClassification.from_pretrained(folder).named_modules())
+    kept = []
+    for name, largest in magnitudes.items():
+        parent_name, attribute = name.rsplit(".", 1)
+        parent = model.network.get_submodule(parent_name)
+        packed = getattr(parent, attribute)
+        if threshold is None:
+            outliers = torch.zeros(0, dtype=torch.long)
+        else:
+            outliers = (largest > threshold * largest.median()).nonzero().squeeze(1)
+        kept.append(len(outliers))
+        setattr(parent, attribute, Int8Linear(originals[name], outliers, packed.post_op == "gelu"))
+    return sum(kept) / len(kept)
+
+
+def pairs_per_second(model: LocalModel, pairs: list[tuple[str, str]], repeats: int = 3) -> float:
+    model.logits(pairs[:8], 512, 2048)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.logits(pairs, 512, 2048)
+        best = min(best, time.perf_counter() - start)
+    return len(pairs) / best
+
+
+def gemm_gflops(tokens: int = 4096, width: int = 384, hidden: int = 1536, repeats: int = 20) -> dict[str, float]:
+    """GFLOP/s of the feed-forward matmul's shape: fp32 (torch, and oneDNN packed) and int8 (``_int_mm``)."""
+    x, w = torch.randn(tokens, width), torch.randn(hidden, width)
+    xq = torch.randint(-127, 127, (tokens, width), dtype=torch.int8)
+    wq = torch.randint(-127, 127, (hidden, width), dtype=torch.int8).t()
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+    calls = {
+        "fp32": lambda: x @ w.t(),
+        "fp32 packed": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
+        "int8": lambda: torch._int_mm(xq, wq),
+    }
+    rates = {}
+    for name, call in calls.items():
+        call()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        rates[name] = 2 * tokens * width * hidden * repeats / (time.perf_counter() - start) / 1e9
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/dheera-bench-models"))
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    args = parser.parse_args()
+    folder = args.models_dir / TRAINED_BODY
+    if not (folder / "model.safetensors").is_file():
+        raise SystemExit(f"{folder} not built: run benchmarks/suite.py --only fidelity first")
+    data = load_noveleval(args.dataset)
+    judged = batch_of_queries(data)
+    speed = single_query(data).requests[0]
+    speed_pairs = [(speed.query, d) for d in speed.documents]
+    calibration = single_query(data, documents=4, seed=7).requests[0]
+    calibration_pairs = [(calibration.query, d) for d in calibration.documents]
+
+    def judged_logits(model: LocalModel) -> list[list[float]]:
+        return [model.logits([(r.query, d) for d in r.documents], 512, 2048) for r in judged.requests]
+
+    fp32 = load(folder)
+    reference = judged_logits(fp32)
+    isa = torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ISA {isa}")
+    print("GFLOP/s at 4096x384 @ 384x1536:", {k: round(v, 1) for k, v in gemm_gflops().items()})
+    tokens = sum(len(ids) for ids in fp32._tokenize(speed_pairs, 512)["input_ids"])
+    print(f"speed workload: {len(speed_pairs)} pairs, {tokens} tokens unpadded")
+    print(f"packed fp32 ({fp32.kernels}): {pairs_per_second(fp32, speed_pairs):.1f} pairs/s")
+    magnitudes = input_magnitudes(fp32, calibration_pairs)
+    for threshold in (None, 4.0, 3.0, 2.5, 2.0):
+        model = load(folder)
+        kept = to_int8(model, folder, magnitudes, threshold)
+        fields = compare(judged_logits(model), reference, judged)
+        label = "per-token int8, no fp32 channels" if threshold is None else f"outliers > {threshold}x median in fp32"
+        print(
+            f"{label}: {kept:.1f} fp32 input channels per linear, {pairs_per_second(model, speed_pairs):.1f} "
+            f"pairs/s, d nDCG@10 {fields['ndcg@10_change']:+.4f}, tau {fields['kendall_tau_mean']:.3f} "
+            f"(min {fields['kendall_tau_min']:.3f}), top-10 {fields['top10_overlap_min']}/10, "
+            f"max |d logit| {fields['max_abs_logit_diff']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
