@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dheera_local")
 
 # CPU: 2,048 padded tokens keep a batch's activations near the cores' caches and its padding near 5%
-# (12.9% at 4,096 on mixed-length documents); measured 1.1-1.2x the pairs/s of 4,096 on a MiniLM body
+# (12.9% at 4,096 on mixed-length documents); measured 1.08-1.20x the pairs/s of 4,096 on a MiniLM body
 # and a bge-reranker-base twin, AVX-512 and AVX2 alike (README, Batching).
 DEFAULT_BATCH_TOKENS = {"cuda": 32768, "mps": 8192, "cpu": 2048}
 
