@@ -14,6 +14,7 @@ A study, not a product path: the int8 linears are plain eager torch.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -101,14 +102,19 @@ def to_int8(model: LocalModel, folder: Path, magnitudes: dict[str, torch.Tensor]
     return sum(kept) / len(kept)
 
 
-def pairs_per_second(model: LocalModel, pairs: list[tuple[str, str]], repeats: int = 3) -> float:
-    model.logits(pairs[:8], 512, 2048)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.logits(pairs, 512, 2048)
-        best = min(best, time.perf_counter() - start)
-    return len(pairs) / best
+def interleaved_pairs_per_second(
+    models: dict[str, LocalModel], pairs: list[tuple[str, str]], rounds: int = 5
+) -> dict[str, float]:
+    """Median pairs/s of each model, timed in turn round after round (a shared machine's drift hits all alike)."""
+    for model in models.values():
+        model.logits(pairs[:8], 512, 2048)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.logits(pairs, 512, 2048)
+            times[name].append(time.perf_counter() - start)
+    return {name: len(pairs) / statistics.median(spent) for name, spent in times.items()}
 
 
 def gemm_gflops(tokens: int = 4096, width: int = 384, hidden: int = 1536, repeats: int = 20) -> dict[str, float]:
@@ -157,19 +163,21 @@ def main() -> None:
     print("GFLOP/s at 4096x384 @ 384x1536:", {k: round(v, 1) for k, v in gemm_gflops().items()})
     tokens = sum(len(ids) for ids in fp32._tokenize(speed_pairs, 512)["input_ids"])
     print(f"speed workload: {len(speed_pairs)} pairs, {tokens} tokens unpadded")
-    print(f"packed fp32 ({fp32.kernels}): {pairs_per_second(fp32, speed_pairs):.1f} pairs/s")
     magnitudes = input_magnitudes(fp32, calibration_pairs)
+    models = {f"packed fp32 ({fp32.kernels})": fp32}
     for threshold in (None, 4.0, 3.0, 2.5, 2.0):
         model = load(folder)
         kept = to_int8(model, folder, magnitudes, threshold)
         fields = compare(judged_logits(model), reference, judged)
-        label = "per-token int8, no fp32 channels" if threshold is None else f"outliers > {threshold}x median in fp32"
+        label = "per-token int8" if threshold is None else f"int8, outliers > {threshold}x median in fp32"
+        models[label] = model
         print(
-            f"{label}: {kept:.1f} fp32 input channels per linear, {pairs_per_second(model, speed_pairs):.1f} "
-            f"pairs/s, d nDCG@10 {fields['ndcg@10_change']:+.4f}, tau {fields['kendall_tau_mean']:.3f} "
-            f"(min {fields['kendall_tau_min']:.3f}), top-10 {fields['top10_overlap_min']}/10, "
-            f"max |d logit| {fields['max_abs_logit_diff']:.3f}"
+            f"{label}: {kept:.1f} fp32 input channels per linear, d nDCG@10 {fields['ndcg@10_change']:+.4f}, "
+            f"tau {fields['kendall_tau_mean']:.3f} (min {fields['kendall_tau_min']:.3f}), "
+            f"top-10 {fields['top10_overlap_min']}/10, max |d logit| {fields['max_abs_logit_diff']:.3f}"
         )
+    for label, rate in interleaved_pairs_per_second(models, speed_pairs).items():
+        print(f"{label}: {rate:.1f} pairs/s (median of 5, interleaved)")
 
 
 if __name__ == "__main__":
