@@ -38,8 +38,16 @@ from workloads import DEFAULT_DATASET, Request, Workload, batch_of_queries, load
 from dheera_local._hardware import cpu_features  # noqa: E402
 
 SECTIONS = "speed,fidelity,server,cache,remote,batch,real,gpu"
-# A laptop stand-in: oneDNN, ATen's vectorised kernels and MKL each limited to AVX2.
-ISA_ENV = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+# A laptop stand-in: oneDNN, ATen's vectorised kernels, MKL and fbgemm (torch's dynamic int8, which
+# infinity's int8 uses) each limited to AVX2.
+ISA_ENV = {
+    "avx2": {
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+}
 TRAINED = "MiniLM-L6 trained body, fitted head"
 RANDOM_HEAD = "MiniLM-L6 trained body, random head x300"
 BGE_TWIN = "bge-reranker-base twin (random weights)"
