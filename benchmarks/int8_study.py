@@ -8,7 +8,11 @@ fp32 model for int8 ones: per-output-channel int8 weights, per-token dynamic int
 multiple of the median kept in fp32 (LLM.int8()-style outlier decomposition; calibrated on 4
 random NovelEval passages with the first query). Fidelity is judged as the suite does
 (21 NovelEval queries x 20 candidates, against our fp32 logits); speed on the suite's single-query workload.
-A study, not a product path: the int8 linears are plain eager torch.
+
+It also runs fbgemm's fused dynamic int8 linear (``torch.ops.quantized.linear_dynamic``, what
+``quantize_dynamic`` and so infinity's int8 use, here with per-channel weights): one activation scale per
+tensor, found and applied inside the kernel, alone and with the same fp32 outlier channels.
+A study, not a product path. Capped to AVX2, set ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` beside the other caps.
 """
 
 from __future__ import annotations
@@ -61,6 +65,33 @@ class Int8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], -1)
 
 
+class FusedInt8Linear(nn.Module):
+    """fbgemm's dynamic int8 linear (per-tensor activations, per-channel weights); ``outliers`` stay fp32."""
+
+    def __init__(self, linear: nn.Linear, outliers: torch.Tensor, gelu: bool) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float().clone()
+        self.outliers = outliers if len(outliers) else None
+        if self.outliers is not None:
+            self.outlier_weight = weight[:, outliers].t().contiguous()
+            weight[:, outliers] = 0
+        scale = weight.abs().amax(1).clamp_min(1e-8) / 127
+        zero_points = torch.zeros(len(scale), dtype=torch.long)
+        quantized = torch.quantize_per_channel(weight, scale.double(), zero_points, 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, linear.bias.detach().float())
+        self.out_features = linear.out_features
+        self.gelu = gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outliers is None:
+            out = torch.ops.quantized.linear_dynamic(x, self.packed, False)
+        else:
+            kept = x[..., self.outliers].reshape(-1, len(self.outliers))
+            out = torch.ops.quantized.linear_dynamic(x.index_fill(-1, self.outliers, 0), self.packed, False)
+            out = out.view(-1, self.out_features).addmm_(kept, self.outlier_weight).view(out.shape)
+        return nn.functional.gelu(out) if self.gelu else out
+
+
 def input_magnitudes(model: LocalModel, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Largest |input| per channel of every encoder linear, over ``pairs``."""
     seen: dict[str, torch.Tensor] = {}
@@ -83,8 +114,14 @@ def load(folder: Path) -> LocalModel:
     return LocalModel(LocalWeights(folder, str(folder), "study"), "cpu", torch.float32)
 
 
-def to_int8(model: LocalModel, folder: Path, magnitudes: dict[str, torch.Tensor], threshold: float | None) -> float:
-    """Swap the packed encoder linears for Int8Linear; returns the mean number of fp32 input channels."""
+def to_int8(
+    model: LocalModel,
+    folder: Path,
+    magnitudes: dict[str, torch.Tensor],
+    threshold: float | None,
+    kind: type[nn.Module] = Int8Linear,
+) -> float:
+    """Swap the packed encoder linears for ``kind``; returns the mean number of fp32 input channels."""
     from transformers import AutoModelForSequenceClassification
 
     originals = dict(AutoModelForSequenceClassification.from_pretrained(folder).named_modules())
@@ -98,7 +135,7 @@ def to_int8(model: LocalModel, folder: Path, magnitudes: dict[str, torch.Tensor]
         else:
             outliers = (largest > threshold * largest.median()).nonzero().squeeze(1)
         kept.append(len(outliers))
-        setattr(parent, attribute, Int8Linear(originals[name], outliers, packed.post_op == "gelu"))
+        setattr(parent, attribute, kind(originals[name], outliers, packed.post_op == "gelu"))
     return sum(kept) / len(kept)
 
 
@@ -165,11 +202,14 @@ def main() -> None:
     print(f"speed workload: {len(speed_pairs)} pairs, {tokens} tokens unpadded")
     magnitudes = input_magnitudes(fp32, calibration_pairs)
     models = {f"packed fp32 ({fp32.kernels})": fp32}
-    for threshold in (None, 4.0, 3.0, 2.5, 2.0):
+    variants = [(Int8Linear, threshold) for threshold in (None, 4.0, 3.0, 2.5, 2.0)]
+    variants += [(FusedInt8Linear, threshold) for threshold in (None, 3.0, 2.0)]
+    for kind, threshold in variants:
         model = load(folder)
-        kept = to_int8(model, folder, magnitudes, threshold)
+        kept = to_int8(model, folder, magnitudes, threshold, kind)
         fields = compare(judged_logits(model), reference, judged)
-        label = "per-token int8" if threshold is None else f"int8, outliers > {threshold}x median in fp32"
+        label = "per-token int8" if kind is Int8Linear else "fbgemm fused per-tensor int8"
+        label += "" if threshold is None else f", outliers > {threshold}x median in fp32"
         models[label] = model
         print(
             f"{label}: {kept:.1f} fp32 input channels per linear, d nDCG@10 {fields['ndcg@10_change']:+.4f}, "
