@@ -33,16 +33,27 @@ from dheera_local._discovery import LocalWeights
 from dheera_local.backends._torch_model import LocalModel
 
 
+def split_outliers(linear: nn.Linear, outliers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fp32 weight with the ``outliers`` input channels zeroed, and those channels' weight (in x out), if any."""
+    weight = linear.weight.detach().float().clone()
+    outlier_weight = weight[:, outliers].t().contiguous() if len(outliers) else None
+    weight[:, outliers] = 0
+    return weight, outlier_weight
+
+
+def channel_scales(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 scale per output channel."""
+    return weight.abs().amax(1).clamp_min(1e-8) / 127
+
+
 class Int8Linear(nn.Module):
     """``x @ w.T + b`` with int8 weights (per output channel) and int8 activations (per token)."""
 
     def __init__(self, linear: nn.Linear, outliers: torch.Tensor, gelu: bool) -> None:
         super().__init__()
-        weight = linear.weight.detach().float().clone()
+        weight, self.outlier_weight = split_outliers(linear, outliers)
         self.outliers = outliers
-        self.outlier_weight = weight[:, outliers].t().contiguous() if len(outliers) else None
-        weight[:, outliers] = 0
-        self.weight_scale = weight.abs().amax(1).clamp_min(1e-8) / 127
+        self.weight_scale = channel_scales(weight)
         self.weight_q = torch.round(weight / self.weight_scale[:, None]).to(torch.int8).t()
         self.bias = linear.bias.detach().float()
         self.gelu = gelu
@@ -70,12 +81,9 @@ class FusedInt8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, outliers: torch.Tensor, gelu: bool) -> None:
         super().__init__()
-        weight = linear.weight.detach().float().clone()
+        weight, self.outlier_weight = split_outliers(linear, outliers)
         self.outliers = outliers if len(outliers) else None
-        if self.outliers is not None:
-            self.outlier_weight = weight[:, outliers].t().contiguous()
-            weight[:, outliers] = 0
-        scale = weight.abs().amax(1).clamp_min(1e-8) / 127
+        scale = channel_scales(weight)
         zero_points = torch.zeros(len(scale), dtype=torch.long)
         quantized = torch.quantize_per_channel(weight, scale.double(), zero_points, 0, torch.qint8)
         self.packed = torch.ops.quantized.linear_prepack(quantized, linear.bias.detach().float())
