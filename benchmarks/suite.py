@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,36 @@ ST_OPENVINO_DEFAULT = Run(
     "openvino",
     "openvino",
 )
+
+# int8 as each backend's users get it: a quantized file beside the fp32 export (``file_name``).
+ST_OPENVINO_INT8 = Run(
+    "st-openvino-int8",
+    "st",
+    "OpenVINO static int8 (NNCF, 64 NovelEval pairs calibrate)",
+    {"backend": "openvino", "file_name": "openvino/openvino_model_qint8_static.xml"},
+    "openvino",
+    "openvino",
+)
+
+
+def st_onnx_int8(config: str) -> Run:
+    """sentence-transformers' ONNX Runtime dynamic int8 export, with the config named for this CPU."""
+    return Run(
+        "st-onnx-int8",
+        "st",
+        f"sentence-transformers backend='onnx', dynamic int8 ('{config}' config)",
+        {"backend": "onnx", "file_name": f"onnx/model_qint8_{config}.onnx", "config": config},
+        "onnx",
+        "onnx",
+    )
+
+
+def ort_int8_config(isa_env: dict[str, str]) -> str:
+    """sentence-transformers' quantization config that matches this CPU (the stand-in's ISA under ``--isa``)."""
+    features = cpu_features()
+    if isa_env or not features.torch_isa.startswith("AVX512"):
+        return "avx2"
+    return "avx512_vnni" if features.avx512_vnni else "avx512"
 
 
 def infinity(dtype: str, clients: int = 1) -> Run:
@@ -221,6 +252,11 @@ class Suite:
         self.single = single_query(data)
         self.batch = batch_of_queries(data, queries=8 if args.quick else None)
         self.batch_big = batch_of_queries(data)
+        # Calibration for the static int8 peer: random query x passage pairs, like a reranker's candidates.
+        draw = random.Random(11)
+        queries, passages = list(data.queries.values()), list(data.corpus.values())
+        self.calibration = [(draw.choice(queries), draw.choice(passages)) for _ in range(64)]
+        self.st_onnx_int8 = st_onnx_int8(ort_int8_config(self.isa_env))
         args.models_dir.mkdir(parents=True, exist_ok=True)
         self.peaks, self.cpu_name = self.measure_peaks("cpu", ("float32", "bfloat16", "int8"))
         self.gpu: dict[str, Any] = {}
@@ -270,6 +306,19 @@ class Suite:
             self.exports[key] = target if (target / backend).is_dir() else None
         return self.exports[key]
 
+    def quantized(self, folder: Path, run: Run) -> Path | None:
+        """``folder`` once its int8 file (``run``'s ``file_name``) is written there by the peer's own library."""
+        file_name = run.extra["file_name"]
+        if not (folder / file_name).is_file():
+            spec = {"model": str(folder), "backend": run.export, "file_name": file_name}
+            spec |= {"config": run.extra.get("config"), "suffix": Path(file_name).stem.removeprefix("model_")}
+            spec |= {"calibration": self.calibration}
+            python = str(PEERS[run.peer].venv(self.args.venv_root) / "bin" / "python")
+            done = run_system("st-quantize", spec, f"int8 {folder.name}", python=python)
+            if "error" in done:
+                self.notes.append(f"int8 {run.export} of {folder.name} failed: {done['error'][:200]}")
+        return folder if (folder / file_name).is_file() else None
+
     def measure(
         self,
         run: Run,
@@ -284,6 +333,8 @@ class Suite:
     ) -> dict[str, Any]:
         """Run ``run`` on ``workload`` in its own process and add its row."""
         folder = self.exported(model, run.export) if run.export else model
+        if folder is not None and "file_name" in run.extra:
+            folder = self.quantized(folder, run)
         if folder is None:
             result: dict[str, Any] = {"label": run.label, "error": f"no {run.export} export"}
         else:
@@ -313,7 +364,8 @@ class Suite:
         runs += (
             [infinity("bfloat16")]
             if self.quick
-            else [ST_OPENVINO_DEFAULT, *map(infinity, ("bfloat16", "float32", "int8"))]
+            else [ST_OPENVINO_DEFAULT, self.st_onnx_int8, ST_OPENVINO_INT8]
+            + list(map(infinity, ("bfloat16", "float32", "int8")))
         )
         return self.available(self.without_emulated_bf16(runs))
 
@@ -346,7 +398,7 @@ class Suite:
         )
         reference.update(compare(reference.get("logits", []), reference.get("logits", []), workload))
         runs = [ST_AUTOCAST, OURS, OURS_FP32, infinity("bfloat16"), ST_ONNX, ST_OPENVINO]
-        runs += [] if self.quick else [ST_OPENVINO_DEFAULT]
+        runs += [] if self.quick else [ST_OPENVINO_DEFAULT, self.st_onnx_int8, ST_OPENVINO_INT8]
         runs += [] if self.native_bf16 or self.quick else [infinity("int8")]
         for run in self.available(self.without_emulated_bf16(runs)):
             self.measure(run, "fidelity", label, model, workload, reference)

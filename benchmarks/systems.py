@@ -137,6 +137,8 @@ def run_st(spec: dict) -> dict:
     if spec.get("ov_precision"):
         # OpenVINO infers in bf16 by default on CPUs that have it; "f32" asks for fp32.
         model_kwargs["ov_config"] = {"INFERENCE_PRECISION_HINT": spec["ov_precision"]}
+    if spec.get("file_name"):  # an int8 file beside the fp32 export
+        model_kwargs["file_name"] = spec["file_name"]
     encoder = CrossEncoder(
         spec["model"], device=device, backend=backend, local_files_only=True, model_kwargs=model_kwargs
     )
@@ -154,6 +156,8 @@ def run_st(spec: dict) -> dict:
     if backend == "openvino":
         hint = encoder.model.request.get_property("INFERENCE_PRECISION_HINT").to_string()  # what it really ran
         precision = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}.get(hint, hint)
+    if "qint8" in spec.get("file_name", ""):  # int8 linears; the rest in the precision above
+        precision = f"int8 + {precision}"
     return {
         **result,
         "precision": precision,
@@ -171,6 +175,43 @@ def run_st_export(spec: dict) -> dict:
     encoder = CrossEncoder(spec["model"], device="cpu", backend=backend, local_files_only=True)
     encoder.save_pretrained(spec["target"])
     return {"precision": "float32", "kernels": ST_KERNELS[backend], "logits": []}
+
+
+def run_st_quantize(spec: dict) -> dict:
+    """Add an int8 file to an exported folder, the way each backend's users get one.
+
+    onnx: sentence-transformers' ``export_dynamic_quantized_onnx_model`` (ONNX Runtime dynamic int8 with
+    the named ``config``). openvino: NNCF's post-training static int8 (``nncf.quantize``, transformer
+    preset) calibrated on ``calibration`` pairs; sentence-transformers' own static export would download
+    its calibration set from the hub, which is out of reach here.
+    """
+    from sentence_transformers import CrossEncoder
+
+    folder, target = Path(spec["model"]), Path(spec["model"]) / spec["file_name"]
+    if spec["backend"] == "onnx":
+        from sentence_transformers import export_dynamic_quantized_onnx_model
+
+        encoder = CrossEncoder(str(folder), device="cpu", backend="onnx", local_files_only=True)
+        export_dynamic_quantized_onnx_model(encoder, spec["config"], str(folder), file_suffix=spec["suffix"])
+    else:
+        import nncf
+        import openvino
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        network = openvino.Core().read_model(folder / "openvino" / "openvino_model.xml")
+        names = {port.get_any_name() for port in network.inputs}
+        samples = []
+        for query, document in spec["calibration"]:
+            encoded = tokenizer(query, document, truncation=True, max_length=512, return_tensors="np")
+            samples.append({name: value for name, value in encoded.items() if name in names})
+        quantized = nncf.quantize(
+            network, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples)
+        )
+        openvino.save_model(quantized, target)
+    if not target.is_file():
+        raise FileNotFoundError(f"{target} was not written")
+    return {"precision": "int8", "kernels": ST_KERNELS[spec["backend"]], "logits": []}
 
 
 # --- dheera_local in-process --------------------------------------------------------------------
@@ -535,6 +576,7 @@ def run_peaks(spec: dict) -> dict:
 SYSTEMS = {
     "st": run_st,
     "st-export": run_st_export,
+    "st-quantize": run_st_quantize,
     "peaks": run_peaks,
     "ours": run_ours,
     "ours-cache": run_ours_cache,
