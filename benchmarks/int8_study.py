@@ -12,13 +12,18 @@ random NovelEval passages with the first query). Fidelity is judged as the suite
 It also runs fbgemm's fused dynamic int8 linear (``torch.ops.quantized.linear_dynamic``, what
 ``quantize_dynamic`` and so infinity's int8 use, here with per-channel weights): one activation scale per
 tensor, found and applied inside the kernel, alone and with the same fp32 outlier channels.
+And per-token int8 with ``torch.compile`` fusing the quantize and dequantize passes around ``torch._int_mm``,
+alone and with the outlier channels split into copies inside the int8 matmul instead of kept in fp32
+(needs a C++ compiler; the first call compiles for about 20 s).
 A study, not a product path. Capped to AVX2, set ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` beside the other caps.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +36,13 @@ from workloads import DEFAULT_DATASET, batch_of_queries, load_noveleval, single_
 from dheera_local._cpu_kernels import PackedLinear
 from dheera_local._discovery import LocalWeights
 from dheera_local.backends._torch_model import LocalModel
+
+
+def outlier_channels(largest: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Input channels whose calibrated magnitude is above ``threshold`` x the median (none without one)."""
+    if threshold is None:
+        return torch.zeros(0, dtype=torch.long)
+    return (largest > threshold * largest.median()).nonzero().squeeze(1)
 
 
 def split_outliers(linear: nn.Linear, outliers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -49,8 +61,9 @@ def channel_scales(weight: torch.Tensor) -> torch.Tensor:
 class Int8Linear(nn.Module):
     """``x @ w.T + b`` with int8 weights (per output channel) and int8 activations (per token)."""
 
-    def __init__(self, linear: nn.Linear, outliers: torch.Tensor, gelu: bool) -> None:
+    def __init__(self, linear: nn.Linear, largest: torch.Tensor, threshold: float | None, gelu: bool) -> None:
         super().__init__()
+        outliers = outlier_channels(largest, threshold)
         weight, self.outlier_weight = split_outliers(linear, outliers)
         self.outliers = outliers
         self.weight_scale = channel_scales(weight)
@@ -79,8 +92,9 @@ class Int8Linear(nn.Module):
 class FusedInt8Linear(nn.Module):
     """fbgemm's dynamic int8 linear (per-tensor activations, per-channel weights); ``outliers`` stay fp32."""
 
-    def __init__(self, linear: nn.Linear, outliers: torch.Tensor, gelu: bool) -> None:
+    def __init__(self, linear: nn.Linear, largest: torch.Tensor, threshold: float | None, gelu: bool) -> None:
         super().__init__()
+        outliers = outlier_channels(largest, threshold)
         weight, self.outlier_weight = split_outliers(linear, outliers)
         self.outliers = outliers if len(outliers) else None
         scale = channel_scales(weight)
@@ -98,6 +112,58 @@ class FusedInt8Linear(nn.Module):
             out = torch.ops.quantized.linear_dynamic(x.index_fill(-1, self.outliers, 0), self.packed, False)
             out = out.view(-1, self.out_features).addmm_(kept, self.outlier_weight).view(out.shape)
         return nn.functional.gelu(out) if self.gelu else out
+
+
+def _split_int8_linear(
+    rows: torch.Tensor,
+    share: torch.Tensor,
+    copies_of: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor,
+    gelu: bool,
+) -> torch.Tensor:
+    shared = rows * share
+    widened = torch.cat([shared, shared[:, copies_of]], 1)
+    scale = widened.abs().amax(1, keepdim=True).clamp_min(1e-8) / 127
+    quantized = torch.round(widened / scale).clamp(-127, 127).to(torch.int8)
+    out = torch._int_mm(quantized, weight_q).float() * (scale * weight_scale) + bias
+    return nn.functional.gelu(out) if gelu else out
+
+
+# One graph for every layer: shapes are symbolic, weights are arguments.
+_compiled_split_int8_linear = torch.compile(_split_int8_linear, dynamic=True)
+
+
+class SplitInt8Linear(nn.Module):
+    """Per-token int8 where each outlier input channel is split into copies that share its value (outlier
+    channel splitting, Zhao et al. 2019) instead of running in fp32: the matmul stays one ``torch._int_mm``,
+    ``torch.compile`` fuses the quantize and dequantize passes around it.
+
+    AVX2 has no VNNI: its int8 dot product adds pairs of u8 x s8 products in int16 and saturates, so there
+    weights get 7 bits (|w| <= 63, what oneDNN itself does for AVX2 convolutions).
+    """
+
+    def __init__(self, linear: nn.Linear, largest: torch.Tensor, threshold: float | None, gelu: bool) -> None:
+        super().__init__()
+        copies = torch.ones_like(largest, dtype=torch.long)
+        if threshold is not None:
+            copies = torch.ceil(largest / (threshold * largest.median())).clamp_min(1).long()
+        self.share = 1.0 / copies.float()
+        self.copies_of = torch.repeat_interleave(torch.arange(len(copies)), copies - 1)
+        self.extra_channels = len(self.copies_of)
+        weight = linear.weight.detach().float()
+        weight = torch.cat([weight, weight[:, self.copies_of]], 1)
+        levels = 127 if torch.backends.cpu.get_cpu_capability() != "AVX2" else 63
+        self.weight_scale = weight.abs().amax(1).clamp_min(1e-8) / levels
+        self.weight_q = torch.round(weight / self.weight_scale[:, None]).to(torch.int8).t()
+        self.bias = linear.bias.detach().float()
+        self.gelu = gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        arguments = (self.share, self.copies_of, self.weight_q, self.weight_scale, self.bias, self.gelu)
+        return _compiled_split_int8_linear(rows, *arguments).reshape(*x.shape[:-1], -1)
 
 
 def input_magnitudes(model: LocalModel, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -129,7 +195,8 @@ def to_int8(
     threshold: float | None,
     kind: type[nn.Module] = Int8Linear,
 ) -> float:
-    """Swap the packed encoder linears for ``kind``; returns the mean number of fp32 input channels."""
+    """Swap the packed encoder linears for ``kind``; returns the mean number of outlier channels (fp32 or split
+    copies) per linear."""
     from transformers import AutoModelForSequenceClassification
 
     originals = dict(AutoModelForSequenceClassification.from_pretrained(folder).named_modules())
@@ -138,12 +205,9 @@ def to_int8(
         parent_name, attribute = name.rsplit(".", 1)
         parent = model.network.get_submodule(parent_name)
         packed = getattr(parent, attribute)
-        if threshold is None:
-            outliers = torch.zeros(0, dtype=torch.long)
-        else:
-            outliers = (largest > threshold * largest.median()).nonzero().squeeze(1)
-        kept.append(len(outliers))
-        setattr(parent, attribute, kind(originals[name], outliers, packed.post_op == "gelu"))
+        swapped = kind(originals[name], largest, threshold, packed.post_op == "gelu")
+        kept.append(getattr(swapped, "extra_channels", len(outlier_channels(largest, threshold))))
+        setattr(parent, attribute, swapped)
     return sum(kept) / len(kept)
 
 
@@ -183,11 +247,22 @@ def gemm_gflops(tokens: int = 4096, width: int = 384, hidden: int = 1536, repeat
     return rates
 
 
+LABELS = {
+    Int8Linear: "per-token int8",
+    FusedInt8Linear: "fbgemm fused per-tensor int8",
+    SplitInt8Linear: "per-token int8, compiled",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/dheera-bench-models"))
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     args = parser.parse_args()
+    # inductor's compiled-code cache does not key on the ISA cap: kernels compiled under the AVX2 cap and
+    # reused without it corrupted the heap here. One cache per ISA.
+    isa = torch.backends.cpu.get_cpu_capability()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"dheera-inductor-{isa}"))
     folder = args.models_dir / TRAINED_BODY
     if not (folder / "model.safetensors").is_file():
         raise SystemExit(f"{folder} not built: run benchmarks/suite.py --only fidelity first")
@@ -203,7 +278,6 @@ def main() -> None:
 
     fp32 = load(folder)
     reference = judged_logits(fp32)
-    isa = torch.backends.cpu.get_cpu_capability()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ISA {isa}")
     print("GFLOP/s at 4096x384 @ 384x1536:", {k: round(v, 1) for k, v in gemm_gflops().items()})
     tokens = sum(len(ids) for ids in fp32._tokenize(speed_pairs, 512)["input_ids"])
@@ -212,15 +286,17 @@ def main() -> None:
     models = {f"packed fp32 ({fp32.kernels})": fp32}
     variants = [(Int8Linear, threshold) for threshold in (None, 4.0, 3.0, 2.5, 2.0)]
     variants += [(FusedInt8Linear, threshold) for threshold in (None, 3.0, 2.0)]
+    variants += [(SplitInt8Linear, threshold) for threshold in (None, 3.0)]
     for kind, threshold in variants:
         model = load(folder)
         kept = to_int8(model, folder, magnitudes, threshold, kind)
         fields = compare(judged_logits(model), reference, judged)
-        label = "per-token int8" if kind is Int8Linear else "fbgemm fused per-tensor int8"
-        label += "" if threshold is None else f", outliers > {threshold}x median in fp32"
+        label = LABELS[kind]
+        if threshold is not None:
+            label += f", outliers > {threshold}x median " + ("split" if kind is SplitInt8Linear else "in fp32")
         models[label] = model
         print(
-            f"{label}: {kept:.1f} fp32 input channels per linear, d nDCG@10 {fields['ndcg@10_change']:+.4f}, "
+            f"{label}: {kept:.1f} outlier channels per linear, d nDCG@10 {fields['ndcg@10_change']:+.4f}, "
             f"tau {fields['kendall_tau_mean']:.3f} (min {fields['kendall_tau_min']:.3f}), "
             f"top-10 {fields['top10_overlap_min']}/10, max |d logit| {fields['max_abs_logit_diff']:.3f}"
         )
