@@ -129,7 +129,12 @@ def st_onnx_int8(config: str) -> Run:
         "st-onnx-int8",
         "st",
         f"sentence-transformers backend='onnx', dynamic int8 ('{config}' config)",
-        {"backend": "onnx", "file_name": f"onnx/model_qint8_{config}.onnx", "config": config},
+        {
+            "backend": "onnx",
+            "file_name": f"onnx/model_qint8_{config}.onnx",
+            "config": config,
+            "suffix": f"qint8_{config}",
+        },
         "onnx",
         "onnx",
     )
@@ -310,9 +315,7 @@ class Suite:
         """``folder`` once its int8 file (``run``'s ``file_name``) is written there by the peer's own library."""
         file_name = run.extra["file_name"]
         if not (folder / file_name).is_file():
-            spec = {"model": str(folder), "backend": run.export, "file_name": file_name}
-            spec |= {"config": run.extra.get("config"), "suffix": Path(file_name).stem.removeprefix("model_")}
-            spec |= {"calibration": self.calibration}
+            spec = {"model": str(folder), "calibration": self.calibration, **run.extra}
             python = str(PEERS[run.peer].venv(self.args.venv_root) / "bin" / "python")
             done = run_system("st-quantize", spec, f"int8 {folder.name}", python=python)
             if "error" in done:
@@ -336,7 +339,8 @@ class Suite:
         if folder is not None and "file_name" in run.extra:
             folder = self.quantized(folder, run)
         if folder is None:
-            result: dict[str, Any] = {"label": run.label, "error": f"no {run.export} export"}
+            missing = "int8 file" if "file_name" in run.extra else "export"
+            result: dict[str, Any] = {"label": run.label, "error": f"no {run.export} {missing}"}
         else:
             spec = {**self.spec(folder, workload), **run.extra, **spec_extra}
             if run.peer == "infinity":
