@@ -16,6 +16,12 @@ And per-token int8 with ``torch.compile`` fusing the quantize and dequantize pas
 alone and with the outlier channels split into copies inside the int8 matmul instead of kept in fp32
 (needs a C++ compiler; the first call compiles for about 20 s).
 A study, not a product path. Capped to AVX2, set ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` beside the other caps.
+
+``--quick`` runs only packed fp32 and the compiled split variant, and prints where one pass of each spends its
+time (matmuls, attention, the rest; torch profiler) with the ceiling that implies: pairs/s if nothing but the
+matmuls and attention cost anything. ``--whole-network`` adds the split variant with the whole network under one
+``torch.compile`` (plain linears, so inductor can also fuse LayerNorm, GELU and the residual adds into the
+quantize passes; compiling takes minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -160,10 +166,14 @@ class SplitInt8Linear(nn.Module):
         self.bias = linear.bias.detach().float()
         self.gelu = gelu
 
+    # True once a whole network is compiled around these: dynamo then traces the plain function inline.
+    inline = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         arguments = (self.share, self.copies_of, self.weight_q, self.weight_scale, self.bias, self.gelu)
-        return _compiled_split_int8_linear(rows, *arguments).reshape(*x.shape[:-1], -1)
+        linear = _split_int8_linear if self.inline else _compiled_split_int8_linear
+        return linear(rows, *arguments).reshape(*x.shape[:-1], -1)
 
 
 def input_magnitudes(model: LocalModel, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -184,8 +194,21 @@ def input_magnitudes(model: LocalModel, pairs: list[tuple[str, str]]) -> dict[st
     return seen
 
 
-def load(folder: Path) -> LocalModel:
-    return LocalModel(LocalWeights(folder, str(folder), "study"), "cpu", torch.float32)
+def load(folder: Path, cpu_kernels: str = "auto") -> LocalModel:
+    return LocalModel(LocalWeights(folder, str(folder), "study"), "cpu", torch.float32, cpu_kernels)
+
+
+def whole_network_split_int8(folder: Path, magnitudes: dict[str, torch.Tensor], threshold: float) -> LocalModel:
+    """The split variant on plain (eager) linears, with the whole network compiled as one graph."""
+    model = load(folder, cpu_kernels="eager")
+    for name, largest in magnitudes.items():
+        parent_name, attribute = name.rsplit(".", 1)
+        parent = model.network.get_submodule(parent_name)
+        # GELU stays the network's own module here, so inductor fuses it with the next quantize pass.
+        setattr(parent, attribute, SplitInt8Linear(getattr(parent, attribute), largest, threshold, gelu=False))
+    SplitInt8Linear.inline = True
+    model.network = torch.compile(model.network, dynamic=True)
+    return model
 
 
 def to_int8(
@@ -226,6 +249,29 @@ def interleaved_pairs_per_second(
     return {name: len(pairs) / statistics.median(spent) for name, spent in times.items()}
 
 
+MATMUL_OPS = {"aten::_int_mm", "mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "quantized::linear_dynamic"}
+
+
+def time_breakdown(model: LocalModel, pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """Seconds one pass over ``pairs`` spends in matmuls, in attention and in everything else (wall time
+    minus the two; the ops' own time as the torch profiler records it on the calling thread)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.logits(pairs, 512, 2048)
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        start = time.perf_counter()
+        model.logits(pairs, 512, 2048)
+        wall = time.perf_counter() - start
+    spent = {"matmul": 0.0, "attention": 0.0}
+    for event in profiled.key_averages():
+        if event.key in MATMUL_OPS:
+            spent["matmul"] += event.self_cpu_time_total / 1e6
+        elif "scaled_dot_product" in event.key:
+            spent["attention"] += event.self_cpu_time_total / 1e6
+    spent["rest"] = wall - spent["matmul"] - spent["attention"]
+    return spent
+
+
 def gemm_gflops(tokens: int = 4096, width: int = 384, hidden: int = 1536, repeats: int = 20) -> dict[str, float]:
     """GFLOP/s of the feed-forward matmul's shape: fp32 (torch, and oneDNN packed) and int8 (``_int_mm``)."""
     x, w = torch.randn(tokens, width), torch.randn(hidden, width)
@@ -258,6 +304,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/dheera-bench-models"))
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--quick", action="store_true", help="packed fp32 and the compiled split variant only")
+    parser.add_argument("--whole-network", action="store_true", help="also the split variant compiled as one graph")
     args = parser.parse_args()
     # inductor's compiled-code cache does not key on the ISA cap: kernels compiled under the AVX2 cap and
     # reused without it corrupted the heap here. One cache per ISA.
@@ -284,24 +332,40 @@ def main() -> None:
     print(f"speed workload: {len(speed_pairs)} pairs, {tokens} tokens unpadded")
     magnitudes = input_magnitudes(fp32, calibration_pairs)
     models = {f"packed fp32 ({fp32.kernels})": fp32}
-    variants = [(Int8Linear, threshold) for threshold in (None, 4.0, 3.0, 2.5, 2.0)]
-    variants += [(FusedInt8Linear, threshold) for threshold in (None, 3.0, 2.0)]
-    variants += [(SplitInt8Linear, threshold) for threshold in (None, 3.0)]
+    variants = [(SplitInt8Linear, 3.0)]
+    if not args.quick:
+        variants = [(Int8Linear, threshold) for threshold in (None, 4.0, 3.0, 2.5, 2.0)]
+        variants += [(FusedInt8Linear, threshold) for threshold in (None, 3.0, 2.0)]
+        variants += [(SplitInt8Linear, threshold) for threshold in (None, 3.0)]
     for kind, threshold in variants:
         model = load(folder)
         kept = to_int8(model, folder, magnitudes, threshold, kind)
-        fields = compare(judged_logits(model), reference, judged)
         label = LABELS[kind]
         if threshold is not None:
             label += f", outliers > {threshold}x median " + ("split" if kind is SplitInt8Linear else "in fp32")
         models[label] = model
-        print(
-            f"{label}: {kept:.1f} outlier channels per linear, d nDCG@10 {fields['ndcg@10_change']:+.4f}, "
-            f"tau {fields['kendall_tau_mean']:.3f} (min {fields['kendall_tau_min']:.3f}), "
-            f"top-10 {fields['top10_overlap_min']}/10, max |d logit| {fields['max_abs_logit_diff']:.3f}"
-        )
+        report_fidelity(label, kept, compare(judged_logits(model), reference, judged))
+    if args.whole_network:
+        model = whole_network_split_int8(folder, magnitudes, 3.0)
+        label = "per-token int8, outliers > 3.0x median split, whole network compiled"
+        models[label] = model
+        report_fidelity(label, 0.0, compare(judged_logits(model), reference, judged))
     for label, rate in interleaved_pairs_per_second(models, speed_pairs).items():
         print(f"{label}: {rate:.1f} pairs/s (median of 5, interleaved)")
+    if args.quick:
+        for label in (next(iter(models)), LABELS[SplitInt8Linear] + ", outliers > 3.0x median split"):
+            spent = time_breakdown(models[label], speed_pairs)
+            ceiling = len(speed_pairs) / (spent["matmul"] + spent["attention"])
+            shares = ", ".join(f"{part} {seconds:.2f} s" for part, seconds in spent.items())
+            print(f"{label}, one pass: {shares}; ceiling with the rest free {ceiling:.1f} pairs/s")
+
+
+def report_fidelity(label: str, kept: float, fields: dict) -> None:
+    print(
+        f"{label}: {kept:.1f} outlier channels per linear, d nDCG@10 {fields['ndcg@10_change']:+.4f}, "
+        f"tau {fields['kendall_tau_mean']:.3f} (min {fields['kendall_tau_min']:.3f}), "
+        f"top-10 {fields['top10_overlap_min']}/10, max |d logit| {fields['max_abs_logit_diff']:.3f}"
+    )
 
 
 if __name__ == "__main__":
