@@ -69,6 +69,8 @@ class Selector:
         weights = find_local_weights(ref, self.settings.hub_cache)
         # An unreadable config is left to the load, which fails inside the fallback loop.
         check_cross_encoder(ref.hub_id, weights.path if weights is not None else None, strict=False)
+        if options.max_length and weights is not None and options.backend in ("auto", "local"):
+            _check_fits(options.max_length, weights)
         max_length = options.max_length or _default_max_length(ref, weights)
         remote_identity = ModelIdentity(ref.hub_id or ref.text, "remote", max_length)
         identity = remote_identity
@@ -110,6 +112,17 @@ class Selector:
         backend = self.backends.endpoint(options.api_format or "cohere", options, model=ref.name)
         identity = ModelIdentity(f"{options.api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0)
         return Plan(identity, [backend], bases=[identity])
+
+
+def _check_fits(max_length: int, weights: LocalWeights) -> None:
+    """Rejects a ``max_length`` past the model's positions: torch would fail on the first long document
+    only, so a request would work or not depending on its data (and under auto, fall back remote)."""
+    limit = configured_max_length(weights.path)
+    if limit is not None and max_length > limit:
+        raise InvalidRequestError(
+            f"max_length {max_length} exceeds the {limit} tokens {weights.model_id} accepts; use max_length <= {limit}",
+            field="max_length",
+        )
 
 
 def _default_max_length(ref: ModelRef, weights: LocalWeights | None) -> int:

@@ -52,6 +52,18 @@ def test_bad_input_names_the_field(overrides: dict, field: str, index: int | Non
         assert f"documents[{index}]" in str(caught.value)
 
 
+def test_a_max_length_past_the_models_positions_is_refused_whatever_the_documents(tiny_bert) -> None:  # noqa: ANN001
+    # Torch would only fail on a document longer than the model's 512 positions, so the same request would work
+    # or not depending on its data (and under backend="auto", fall back to a remote service).
+    for documents in (["short"], ["short", "the river flows " * 300]):
+        with pytest.raises(InvalidRequestError) as caught:
+            rerank(model=str(tiny_bert), documents=documents, max_length=1024, cache=False)
+        assert caught.value.field == "max_length"
+        assert "max_length <= 512" in str(caught.value)
+    response = rerank(model=str(tiny_bert), documents=["short", "the river flows " * 300], max_length=512)
+    assert len(response.results) == 2
+
+
 def test_invalid_request_is_also_a_value_error() -> None:
     with pytest.raises(ValueError):
         rerank(query="")
