@@ -107,11 +107,24 @@ def resolve_dtype(requested: str | None, device: str, features: CpuFeatures | No
         return getattr(torch, _DTYPE_NAMES[requested.lower()])
     kind = torch.device(device).type
     if kind == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _cuda_native_bf16(device) else torch.float16
     if kind == "mps":
         return torch.float16
     features = features if features is not None else cpu_features()
     return torch.bfloat16 if features.native_bf16 else torch.float32
+
+
+def _cuda_native_bf16(device: str) -> bool:
+    """Whether the GPU ``device`` names computes bf16 natively (NVIDIA Ampere, compute capability 8, or later).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (T4, V100: slower and less
+    precise than fp16), and asks about the current device rather than the one requested.
+    """
+    import torch
+
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
 
 
 def dtype_name(dtype: Any) -> str:
