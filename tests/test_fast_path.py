@@ -255,3 +255,40 @@ def test_bf16_on_cpu_leaves_the_memory_mapped_embedding_table_in_fp32(
     pairs = [(QUERY, doc) for doc in DOCS]
     got, want = fast.logits(pairs, 64, 4096), exact.logits(pairs, 64, 4096)
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 0.02
+
+
+@NEEDS_PACKING
+def test_a_model_with_fewer_positions_than_the_probe_still_packs(tmp_path: Path) -> None:
+    # The load-time probe's pairs are cut to the model's own limit (64 positions here, under the probe's 128).
+    from dheera_local.testing import build_cross_encoder
+
+    folder = build_cross_encoder(tmp_path / "short", max_position=64)
+    documents = [" ".join(["river"] * 100), "a museum"]
+    packed = dheera_local.rerank(str(folder), QUERY, documents, dtype="float32", cache=False)
+    assert packed.meta.dheera_local.kernels == PACKED
+    assert len(packed.results) == 2
+
+
+@NEEDS_PACKING
+def test_gelu_is_fused_only_into_a_dense_layer_that_is_packed(tiny_bert: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    class OwnLinear(torch.nn.Linear):  # e.g. a LoRA or quantization wrapper: left unpacked
+        pass
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    features = dict(tokenizer([QUERY] * 3, DOCS[:3], padding=True, return_tensors="pt"))
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    for layer in model.bert.encoder.layer:
+        dense = layer.intermediate.dense
+        own = OwnLinear(dense.in_features, dense.out_features)
+        own.load_state_dict(dense.state_dict())
+        layer.intermediate.dense = own
+    with torch.inference_mode():
+        reference = model(**features).logits.float()
+    assert pack_linears(model, features, reference) == PACKED
+    for layer in model.bert.encoder.layer:
+        assert type(layer.intermediate.dense) is OwnLinear
+        assert type(layer.intermediate.intermediate_act_fn).__name__ == "GELUActivation"
+    with torch.inference_mode():
+        assert torch.allclose(model(**features).logits.float(), reference, atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 
 from .._catalog import check_cross_encoder
 from .._cpu_kernels import EAGER, pack_linears, packing_available
-from .._discovery import LocalWeights
+from .._discovery import LocalWeights, configured_max_length
 from .._errors import LocalBackendError
 from .._token_budget import plan_batches
 
@@ -25,6 +25,8 @@ logger = logging.getLogger("dheera_local")
 # the margin keeps the tokens near the cut, whose split may depend on what follows, out of the window.
 QUERY_CHARS_PER_TOKEN = 4
 QUERY_CUT_MARGIN = 8
+# The load-time kernel probe's longest pair (or the model's limit, if shorter).
+PROBE_MAX_LENGTH = 128
 
 
 class LocalModel:
@@ -48,19 +50,26 @@ class LocalModel:
         network = encoder.model.eval()
         self.num_labels = int(network.config.num_labels)
         self.kernels = EAGER
-        packing = packing_available(device, dtype, cpu_kernels)
-        if packing:
-            # The fp32 logits the packed kernels are judged against, before the weights lose precision.
-            probe = self._probe_batch()
-            reference = _probe_logits(network.float(), probe)
+        probed = self._probe_reference(network) if packing_available(device, dtype, cpu_kernels) else None
         self.network = _to_dtype(network, dtype, device)
-        if packing:
-            self.kernels = pack_linears(self.network, probe, reference)
+        if probed is not None:
+            self.kernels = pack_linears(self.network, *probed)
         self._lock = threading.Lock()
         # The fast tokenizer keeps truncation settings as mutable state: calls with different
         # max_length from two threads would race. Separate from _lock so tokenizing the next
         # request overlaps the current forward pass.
         self._tokenizer_lock = threading.Lock()
+
+    def _probe_reference(self, network: torch.nn.Module) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """The probe batch and the fp32 logits packed kernels are judged against, taken before the weights
+        lose precision; None (eager kernels) if the probe cannot run: the fast path is optional."""
+        try:
+            probe = self._probe_batch()
+            return probe, _probe_logits(network.float(), probe)
+        except Exception as exc:  # the fast path is optional: any failure leaves eager kernels
+            model_id = self.weights.model_id
+            logger.warning("%s: the load-time kernel probe failed (%s); using eager kernels", model_id, exc)
+            return None
 
     def _probe_batch(self) -> dict[str, torch.Tensor]:
         # Pairs of several lengths, so the check sees padding and a realistic spread of positions.
@@ -71,7 +80,8 @@ class LocalModel:
             "what is the capital of the country in the north",
         ]
         queries = ["probe query", "which city has a river", "a museum near the river", "capital city"]
-        encoded = self.tokenizer(queries, texts, truncation=True, max_length=128, padding=False)
+        longest = min(PROBE_MAX_LENGTH, configured_max_length(self.weights.path) or PROBE_MAX_LENGTH)
+        encoded = self.tokenizer(queries, texts, truncation=True, max_length=longest, padding=False)
         return self._pad(encoded, list(range(len(texts))))
 
     def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_tokens: int) -> list[float]:
