@@ -129,6 +129,24 @@ def test_auto_precision_rule() -> None:
     assert resolve_dtype(None, "cpu", CpuFeatures(avx512_bf16=True, torch_isa="AVX2")) is torch.float32
 
 
+def test_auto_precision_on_cuda_takes_bf16_only_where_the_requested_gpu_computes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No GPU here: torch's capability query stands in for the card. torch.cuda.is_bf16_supported() says yes on
+    # a T4 or V100 (emulated bf16), and asks about the current device, not the one requested.
+    asked = []
+
+    def capability(device: torch.device) -> tuple[int, int]:
+        asked.append(device)
+        return {0: (9, 0), 1: (7, 5)}[device.index]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    assert resolve_dtype("auto", "cuda:0") is torch.bfloat16  # Hopper
+    assert resolve_dtype(None, "cuda:1") is torch.float16  # Turing: bf16 only emulated
+    assert [d.index for d in asked] == [0, 1]
+    assert resolve_dtype("bf16", "cuda:1") is torch.bfloat16  # an explicit choice wins
+
+
 def test_a_capped_isa_is_taken_as_a_cpu_without_native_bf16() -> None:
     import os
     import subprocess
@@ -164,6 +182,36 @@ def test_one_load_per_model_device_dtype_even_under_concurrency() -> None:
         thread.join()
     assert len({id(model) for model in loaded}) == 1
     assert store.load(weights, key(torch.bfloat16)) is not loaded[0]
+
+
+def test_a_model_still_loading_when_the_store_is_cleared_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # close_all() during traffic: the load in flight finishes for its caller, but the store does not hold it
+    # (else a GPU could end up holding two copies, one invisible to the clear).
+    from dheera_local._discovery import find_in_hub_cache
+    from dheera_local.backends import local
+
+    weights = find_in_hub_cache(TINY_BERT_ID)
+    key = local.LoadKey(str(weights.path), weights.revision, "cpu", torch.float32)
+    store, started, go_on, loaded = local.ModelStore(), threading.Event(), threading.Event(), []
+    real_load = local._load
+
+    def slow_load(weights, key):  # noqa: ANN001, ANN202 - the real load, held until the clear has happened
+        started.set()
+        go_on.wait(30)
+        return real_load(weights, key)
+
+    monkeypatch.setattr(local, "_load", slow_load)
+    thread = threading.Thread(target=lambda: loaded.append(store.load(weights, key)))
+    thread.start()
+    assert started.wait(30)
+    store.clear()
+    go_on.set()
+    thread.join(60)
+    assert len(loaded) == 1 and loaded[0].weights.model_id == weights.model_id
+    assert store.get(key) is None
+    monkeypatch.setattr(local, "_load", real_load)
+    assert store.load(weights, key) is not loaded[0]  # a fresh load after the clear
+    assert store.get(key) is not None
 
 
 def test_a_failed_load_is_remembered_for_a_while_then_retried(tiny_bert: Path, tmp_path: Path) -> None:

@@ -59,6 +59,8 @@ class ModelStore:
         self._failed: dict[LoadKey, tuple[float, LocalBackendError]] = {}
         self._locks: dict[LoadKey, threading.Lock] = {}
         self._lock = threading.Lock()
+        # Bumped by clear(): a load that started before it hands its model to its caller but does not keep it.
+        self._generation = 0
         self.retry_failed_after = retry_failed_after
 
     def get(self, key: LoadKey) -> LocalModel | None:
@@ -80,6 +82,7 @@ class ModelStore:
             if key in self._loaded:
                 return self._loaded[key]
             lock = self._locks.setdefault(key, threading.Lock())
+            generation = self._generation
         with lock:
             with self._lock:
                 if key in self._loaded:
@@ -91,17 +94,20 @@ class ModelStore:
                 model = _load(weights, key)
             except LocalBackendError as exc:
                 with self._lock:
-                    self._failed[key] = (time.monotonic(), exc)
+                    if generation == self._generation:
+                        self._failed[key] = (time.monotonic(), exc)
                 raise
             with self._lock:
-                self._loaded[key] = model
-                self._failed.pop(key, None)
+                if generation == self._generation:
+                    self._loaded[key] = model
+                    self._failed.pop(key, None)
             logger.info("loaded %s on %s as %s", weights.model_id, key.device, dtype_name(key.dtype))
             return model
 
     def clear(self) -> None:
         """Forget every loaded model (frees memory once callers drop their references)."""
         with self._lock:
+            self._generation += 1
             self._loaded.clear()
             self._failed.clear()
             self._locks.clear()
