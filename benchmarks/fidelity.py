@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import ir_measures
 import numpy as np
 from scipy.stats import kendalltau
 
 if TYPE_CHECKING:
     from workloads import Workload
 
-NDCG_AT_10 = ir_measures.nDCG @ 10
-
 
 def ndcg_at_10(logits: list[list[float]], workload: Workload) -> float | None:
     """Mean nDCG@10 over the workload's judged requests; None without judgments or scores."""
+    import ir_measures  # here, not at the top: the gpu section runs on machines that may lack it
+
+    measure = ir_measures.nDCG @ 10
     qrels = [
         ir_measures.Qrel(request.query_id, doc_id, grade)
         for request in workload.requests
@@ -37,7 +37,7 @@ def ndcg_at_10(logits: list[list[float]], workload: Workload) -> float | None:
     ]
     if not qrels or not run:
         return None
-    return ir_measures.calc_aggregate([NDCG_AT_10], qrels, run).get(NDCG_AT_10)
+    return ir_measures.calc_aggregate([measure], qrels, run).get(measure)
 
 
 def top(scores: list[float], k: int = 10) -> set[int]:

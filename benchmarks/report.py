@@ -63,6 +63,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _times(field: str) -> Cell:
+    def cell(row: dict[str, Any], _baseline: dict[str, Any] | None) -> str:
+        return f"{row[field]:.2f}x" if row.get(field) else ""
+
+    return cell
+
+
 def _ratio(field: str) -> Cell:
     def cell(row: dict[str, Any], baseline: dict[str, Any] | None) -> str:
         if not baseline or not row.get(field) or not baseline.get(field):
@@ -146,7 +153,12 @@ SECTIONS: dict[str, tuple[str, str, list[tuple[str, Cell]]]] = {
     "gpu": (
         "GPU, one query x 100 mixed-length documents",
         "st-fp32",
-        [*SYSTEM, *_speed("vs ST")[:4], ("% of the card's matmul peak", _percent)],
+        [
+            *SYSTEM,
+            *_speed("vs ST fp32")[:4],
+            ("vs ST, same precision", _times("vs_st_same_precision")),
+            ("% of the card's matmul peak", _percent),
+        ],
     ),
 }
 

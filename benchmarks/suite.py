@@ -332,6 +332,7 @@ class Suite:
         reference: dict[str, Any] | None = None,
         flops: float | None = None,
         peaks: dict[str, float] | None = None,
+        env: dict[str, str] | None = None,
         **spec_extra: Any,
     ) -> dict[str, Any]:
         """Run ``run`` on ``workload`` in its own process and add its row."""
@@ -345,7 +346,8 @@ class Suite:
             spec = {**self.spec(folder, workload), **run.extra, **spec_extra}
             if run.peer == "infinity":
                 spec["infinity_venv"] = str(PEERS["infinity"].venv(self.args.venv_root))
-            result = run_system(run.system, spec, run.label, python=self.python_of(run), env=self.isa_env)
+            env = {**self.isa_env, **(env or {})}
+            result = run_system(run.system, spec, run.label, python=self.python_of(run), env=env)
         result.update(key=run.key, section=section, model=model_label, workload=workload.name)
         result.update(requests=len(workload.requests), clients=spec_extra.get("clients", 1))
         summarize(result, len(workload.pairs), flops or 0.0, self.peaks if peaks is None else peaks)
@@ -496,16 +498,34 @@ class Suite:
         flops = workload_flops(model, self.single)
         runs = [
             ST,
+            Run("st-bf16", "st", "sentence-transformers CrossEncoder.predict (bfloat16)", {"dtype": "bfloat16"}),
             Run("st-fp16", "st", "sentence-transformers CrossEncoder.predict (float16)", {"dtype": "float16"}),
             OURS,
             Run("ours-fp16", "ours", "dheera_local (float16)", {"options": {"dtype": "float16"}}),
         ]
-        # 100 pairs take well under a second on a card: more repeats, still a minute or two in all.
-        repeats = 3 if self.quick else 20
-        for run in runs:
+        # 100 pairs take tens of milliseconds on a card: many repeats, still a minute or two in all.
+        repeats = 3 if self.quick else 60
+        # Tokenizing runs on the CPU beside the card: as users run it (the tokenizers library's default), in
+        # parallel; the CPU sections turn that off so that every system shares the cores alike.
+        parallel = {"TOKENIZERS_PARALLELISM": "true"}
+        rows = [
             self.measure(
-                run, "gpu", label, model, self.single, flops=flops, peaks=peaks, device=device, repeats=repeats
+                run, "gpu", label, model, self.single, flops=flops, peaks=peaks, env=parallel, device=device,
+                repeats=repeats,
             )
+            for run in runs
+        ]  # fmt: skip
+        same_precision_ratios(rows)
+
+
+def same_precision_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each dheera_local row's pairs/s over sentence-transformers' in the same precision (ST is run in each)."""
+    st_rows = [r for r in rows if r.get("key", "").startswith("st-") and "error" not in r]
+    st_rate = {r.get("precision"): r.get("pairs_per_s") for r in st_rows}
+    for row in rows:
+        rate, baseline = row.get("pairs_per_s"), st_rate.get(row.get("precision"))
+        if row not in st_rows and rate and baseline:
+            row["vs_st_same_precision"] = rate / baseline
 
 
 def _stand_in_note(rows: list[dict[str, Any]], isa: str) -> str | None:
