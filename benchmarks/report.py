@@ -181,6 +181,8 @@ def machine_line(machine: dict[str, Any]) -> str:
     if machine.get("gpu"):
         gpu = machine["gpu"]
         line += f"; GPU: {gpu['name']} ({gpu['device']}), matmul peak GFLOP/s: {gpu['matmul_peak_gflops']}"
+        if gpu.get("tokenize_ms_per_pass") is not None:
+            line += f"; tokenizing one pass on the CPU: {gpu['tokenize_ms_per_pass']} ms"
     return line
 
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -495,6 +496,7 @@ class Suite:
         # A CPU has no fast fp16: testing this section there (--gpu-device cpu), small matrices will do.
         peaks, name = self.measure_peaks(device, ("float32", "bfloat16", "float16"), None if on_gpu else 256)
         self.gpu = {"device": device, "name": name, "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}}
+        self.gpu["tokenize_ms_per_pass"] = round(tokenize_ms(model, self.single), 1)
         flops = workload_flops(model, self.single)
         runs = [
             ST,
@@ -516,6 +518,22 @@ class Suite:
             for run in runs
         ]  # fmt: skip
         same_precision_ratios(rows)
+
+
+def tokenize_ms(model: Path, workload: Workload, rounds: int = 5) -> float:
+    """Milliseconds the model's tokenizer takes for one pass over ``workload`` (median; parallel, as users
+    run it): on a GPU this CPU work sits beside every pass, so it bounds pairs/s whatever the card does."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+    queries = [r.query for r in workload.requests for _ in r.documents]
+    documents = [d for r in workload.requests for d in r.documents]
+    spent = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        tokenizer(queries, documents, truncation="longest_first", max_length=512, padding=False)
+        spent.append(time.perf_counter() - started)
+    return 1000 * statistics.median(spent)
 
 
 def same_precision_ratios(rows: list[dict[str, Any]]) -> None:
