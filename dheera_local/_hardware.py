@@ -123,7 +123,7 @@ def _cuda_native_bf16(device: str) -> bool:
     import torch
 
     if torch.version.hip:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.is_bf16_supported()  # AMD's GPUs compute bf16 (and older torch has no emulation flag)
     return torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
 
 
