@@ -340,3 +340,32 @@ def test_revision_on_disk_is_part_of_the_identity() -> None:
 
     assert find_in_hub_cache(TINY_BERT_ID).revision == BERT_REVISION
     assert response.meta.dheera_local.model == TINY_BERT_ID
+
+
+class _OutOfMemoryAbove(torch.nn.Module):
+    """The real network, raising CUDA's out-of-memory error for batches over ``limit`` padded tokens (no GPU here)."""
+
+    def __init__(self, network: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.network, self.limit, self.raised = network, limit, 0
+
+    def forward(self, **features: torch.Tensor) -> object:
+        if features["input_ids"].numel() > self.limit:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.network(**features)
+
+
+def test_an_out_of_memory_halves_the_budget_keeps_every_score_and_is_remembered(tiny_bert: Path) -> None:
+    from dheera_local._discovery import LocalWeights
+    from dheera_local.backends._torch_model import LocalModel
+
+    model = LocalModel(LocalWeights(tiny_bert, "tiny", "r"), "cpu", torch.float32)
+    pairs = [(QUERY, f"{doc} " + "word " * (i % 7)) for i, doc in enumerate(DOCS * 4)]
+    reference = model.logits(pairs, 64, 4096)
+    model.network = _OutOfMemoryAbove(model.network, limit=120)
+    assert model.logits(pairs, 64, 4096) == pytest.approx(reference, abs=1e-5)
+    first = model.network.raised
+    assert first > 0
+    assert model.logits(pairs, 64, 4096) == pytest.approx(reference, abs=1e-5)
+    assert model.network.raised == first  # the smaller budget was kept: no out-of-memory again

@@ -2,7 +2,8 @@
 
 Pairs are tokenized once (a long query cut a few tokens past the window first), sorted by length
 and grouped by a padded-token budget, so long documents never blow up memory and short ones are
-not padded to long ones. A GPU out-of-memory halves the budget and retries. Forward passes on one
+not padded to long ones. A GPU out-of-memory halves the budget, re-plans what is left and
+retries; the model keeps the smaller budget for later requests. Forward passes on one
 model are serialized (torch already uses every core); logits are upcast to fp32 before anything else.
 """
 
@@ -55,6 +56,9 @@ class LocalModel:
         if probed is not None:
             self.kernels = pack_linears(self.network, *probed)
         self._lock = threading.Lock()
+        # The padded-token budget an out-of-memory taught (None: none yet): later requests start there
+        # instead of running out of memory again, each of them, at the budget they asked for.
+        self._budget_cap: int | None = None
         # The fast tokenizer keeps truncation settings as mutable state: calls with different
         # max_length from two threads would race. Separate from _lock so tokenizing the next
         # request overlaps the current forward pass.
@@ -92,6 +96,8 @@ class LocalModel:
         lengths = [len(ids) for ids in encoded["input_ids"]]
         out: list[float] = [0.0] * len(pairs)
         with self._lock:
+            if self._budget_cap is not None:
+                batch_tokens = min(batch_tokens, self._budget_cap)
             pending = plan_batches(lengths, batch_tokens)
             while pending:
                 batch = pending.pop(0)
@@ -100,8 +106,12 @@ class LocalModel:
                 except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                     if not _is_out_of_memory(exc):
                         raise
-                    batch_tokens = self._shrink_budget(batch_tokens, lengths[batch[0]], exc)
-                    pending = plan_batches_subset(lengths, batch, batch_tokens) + pending
+                    longest = max(lengths[i] for i in batch)
+                    batch_tokens = self._budget_cap = self._shrink_budget(batch_tokens, longest, exc)
+                    # Everything left, not only this batch: batches planned under the old budget would run
+                    # out of memory in turn and halve the budget again, past what fits.
+                    left = batch + [index for later in pending for index in later]
+                    pending = plan_batches_subset(lengths, left, batch_tokens)
                     continue
                 for index, value in zip(batch, values, strict=True):
                     out[index] = value
@@ -167,7 +177,7 @@ class LocalModel:
             ) from exc
         smaller = max(batch_tokens // 2, longest)
         logger.warning(
-            "%s: out of memory on %s; batch budget %d -> %d tokens",
+            "%s: out of memory on %s; batch budget %d -> %d tokens, kept for later requests to this model",
             self.weights.model_id,
             self.device,
             batch_tokens,
