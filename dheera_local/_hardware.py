@@ -93,6 +93,12 @@ def resolve_device(requested: str | None) -> str:
         raise InvalidRequestError(f"device {requested!r} is not a torch device name", field="device") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidRequestError(f"device {requested!r} requested but CUDA is not available", field="device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InvalidRequestError(
+            f"device {requested!r} requested but this machine has {count} CUDA device(s): use cuda:0..cuda:{count - 1}",
+            field="device",
+        )
     return str(device)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,18 @@ def test_auto_precision_on_cuda_takes_bf16_only_where_the_requested_gpu_computes
     assert resolve_dtype("bf16", "cuda:1") is torch.bfloat16  # an explicit choice wins
 
 
+def test_a_gpu_index_past_the_machines_gpus_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dheera_local import InvalidRequestError
+    from dheera_local._hardware import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: torch's answers stand in
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(InvalidRequestError, match=r"has 2 CUDA device\(s\): use cuda:0..cuda:1") as caught:
+        resolve_device("cuda:5")
+    assert caught.value.field == "device"
+
+
 def test_a_capped_isa_is_taken_as_a_cpu_without_native_bf16() -> None:
     import os
     import subprocess
@@ -186,32 +199,45 @@ def test_one_load_per_model_device_dtype_even_under_concurrency() -> None:
 
 def test_a_model_still_loading_when_the_store_is_cleared_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     # close_all() during traffic: the load in flight finishes for its caller, but the store does not hold it
-    # (else a GPU could end up holding two copies, one invisible to the clear).
+    # (else a GPU could end up holding two copies, one invisible to the clear); a caller that was waiting for
+    # it queues again behind the loads that start after the clear, so they share one copy.
     from dheera_local._discovery import find_in_hub_cache
     from dheera_local.backends import local
 
     weights = find_in_hub_cache(TINY_BERT_ID)
     key = local.LoadKey(str(weights.path), weights.revision, "cpu", torch.float32)
-    store, started, go_on, loaded = local.ModelStore(), threading.Event(), threading.Event(), []
-    real_load = local._load
+    store, started = local.ModelStore(), threading.Event()
+    gates = [threading.Event(), threading.Event()]  # the first load's, then every later load's
+    real_load, loads, loaded = local._load, [], {}
 
-    def slow_load(weights, key):  # noqa: ANN001, ANN202 - the real load, held until the clear has happened
+    def slow_load(weights, key):  # noqa: ANN001, ANN202 - the real load, held at its gate
+        gate = gates[min(len(loads), 1)]
+        loads.append(key)
         started.set()
-        go_on.wait(30)
+        gate.wait(30)
         return real_load(weights, key)
 
+    def caller(name: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: loaded.__setitem__(name, store.load(weights, key)))
+        thread.start()
+        return thread
+
     monkeypatch.setattr(local, "_load", slow_load)
-    thread = threading.Thread(target=lambda: loaded.append(store.load(weights, key)))
-    thread.start()
+    first = caller("first")
     assert started.wait(30)
+    waiting = caller("waiting")  # blocks on the key's lock behind the first load
+    time.sleep(0.2)
     store.clear()
-    go_on.set()
-    thread.join(60)
-    assert len(loaded) == 1 and loaded[0].weights.model_id == weights.model_id
-    assert store.get(key) is None
-    monkeypatch.setattr(local, "_load", real_load)
-    assert store.load(weights, key) is not loaded[0]  # a fresh load after the clear
-    assert store.get(key) is not None
+    after = caller("after")  # a new lock: its load starts and is held
+    gates[0].set()
+    first.join(60)
+    time.sleep(0.3)  # room for the waiting caller to start a load of its own, if it were going to
+    assert len(loads) == 2  # the first, and the one after the clear
+    gates[1].set()
+    for thread in (waiting, after):
+        thread.join(60)
+    assert loaded["first"] is not loaded["after"]
+    assert loaded["waiting"] is loaded["after"] is store.get(key)
 
 
 def test_a_failed_load_is_remembered_for_a_while_then_retried(tiny_bert: Path, tmp_path: Path) -> None:
