@@ -78,31 +78,39 @@ class ModelStore:
 
     def load(self, weights: LocalWeights, key: LoadKey) -> LocalModel:
         """The model for ``key``, loading it now if needed; every failure is a LocalBackendError."""
-        with self._lock:
-            if key in self._loaded:
-                return self._loaded[key]
-            lock = self._locks.setdefault(key, threading.Lock())
-            generation = self._generation
-        with lock:
+        while True:
             with self._lock:
                 if key in self._loaded:
                     return self._loaded[key]
-            failure = self.recent_failure(key)
-            if failure is not None:
-                raise failure
-            try:
-                model = _load(weights, key)
-            except LocalBackendError as exc:
+                lock = self._locks.setdefault(key, threading.Lock())
+                generation = self._generation
+            with lock:
                 with self._lock:
-                    if generation == self._generation:
-                        self._failed[key] = (time.monotonic(), exc)
-                raise
+                    stale = generation != self._generation  # cleared while waiting: queue on the new lock
+                if not stale:
+                    return self._load_once(weights, key, generation)
+
+    def _load_once(self, weights: LocalWeights, key: LoadKey, generation: int) -> LocalModel:
+        """Load ``key`` (its lock held), keeping the result unless the store was cleared meanwhile."""
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+        failure = self.recent_failure(key)
+        if failure is not None:
+            raise failure
+        try:
+            model = _load(weights, key)
+        except LocalBackendError as exc:
             with self._lock:
                 if generation == self._generation:
-                    self._loaded[key] = model
-                    self._failed.pop(key, None)
-            logger.info("loaded %s on %s as %s", weights.model_id, key.device, dtype_name(key.dtype))
-            return model
+                    self._failed[key] = (time.monotonic(), exc)
+            raise
+        with self._lock:
+            if generation == self._generation:
+                self._loaded[key] = model
+                self._failed.pop(key, None)
+        logger.info("loaded %s on %s as %s", weights.model_id, key.device, dtype_name(key.dtype))
+        return model
 
     def clear(self) -> None:
         """Forget every loaded model (frees memory once callers drop their references)."""
