@@ -18,6 +18,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/env.txt"
 if [ -n "$wheels" ]; then
+  compgen -G "$wheels/*.whl" >/dev/null || { echo "no wheels in $wheels" >&2; exit 2; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl
 fi
 export PYTHONPATH="$site:$repo${PYTHONPATH:+:$PYTHONPATH}"

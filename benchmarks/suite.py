@@ -487,7 +487,8 @@ class Suite:
             self.notes.append(note)
 
     def gpu_section(self, model: Path, label: str) -> None:
-        """bge-reranker-base twin on one CUDA card: ST fp32/fp16 and ours auto/fp16, against the card's peaks."""
+        """bge-reranker-base twin on one CUDA card: ST fp32/bf16/fp16 and ours auto/fp16, against the card's peaks
+        and against ST in the same precision; the tokenizer's own time per pass beside them."""
         device = self.args.gpu_device
         on_gpu = device.startswith("cuda")
         if on_gpu and not cuda_available():
