@@ -11,7 +11,7 @@ import pytest
 
 import dheera_local
 from conftest import closed_port
-from dheera_local import Reranker
+from dheera_local import Reranker, RetryPolicy
 from loopback import Fault, Servers, by_index, call, reference_logits, sigmoid
 
 REMOTE_ID = "tiny-org/remote-only"  # not in the test hub cache: only the endpoint can score it
@@ -97,10 +97,14 @@ def test_parts_are_sent_concurrently_with_a_bound(servers: Servers, tiny_bert: P
     assert elapsed < 20 * 0.3 / 2
 
 
-def test_bodies_over_2mb_are_split(servers: Servers, tiny_bert: Path, reranker: Reranker) -> None:
+def test_bodies_over_2mb_are_split(servers: Servers, tiny_bert: Path) -> None:
     tei = servers.tei(tiny_bert)  # answers 413 "length limit exceeded" above 2,000,000 bytes
     docs = [f"{i} " + "capital city " * 33_000 for i in range(6)]  # about 400 KB each, 2.4 MB in all
-    response = reranker.rerank(MODEL, QUERY, docs, api_base=tei.url, cache=False)
+    # The server tokenizes 400 KB texts: on a loaded 2-core machine that outlasts FAST's 5 s read timeout,
+    # and a retried batch would be counted twice below. One attempt, a generous timeout.
+    patient = RetryPolicy(max_attempts=1, read_timeout=120.0, deadline=240.0)
+    with Reranker(retry=patient) as reranker:
+        response = reranker.rerank(MODEL, QUERY, docs, api_base=tei.url, cache=False)
     sizes = [r.size for r in tei.scoring()]
     assert len(sizes) >= 2 and max(sizes) <= 2_000_000
     assert sum(len(r.body["texts"]) for r in tei.scoring()) == 6
