@@ -71,7 +71,11 @@ def child(system: str, folder: Path, query: str, docs: list[str], device: str, d
         scores, loaded = reference(folder, query, docs, device, torch_dtype)
     done = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return {"system": system, "load_s": loaded - start, "score_s": done - loaded, "scores": scores, "peak_rss": peak}
+    gpu_peak = torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else None
+    return {
+        "system": system, "load_s": loaded - start, "score_s": done - loaded, "scores": scores, "peak_rss": peak,
+        "gpu_peak_bytes": gpu_peak,
+    }  # fmt: skip
 
 
 def reference(folder: Path, query: str, docs: list[str], device: str, dtype: Any) -> tuple[list[float], float]:

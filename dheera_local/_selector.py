@@ -88,12 +88,22 @@ class Selector:
             )  # fmt: skip
             plan.candidates.append(self.backends.serve(plan.local))
             plan.bases.append(identity)
-        if options.backend in ("auto", "remote") and ref.kind is ModelKind.HUB:
+        # A remote endpoint applies its own template: it cannot honour an instruction or prompt given here.
+        if options.backend in ("auto", "remote") and ref.kind is ModelKind.HUB and not _given_prompt(options):
             remote = self._hub_remote(ref, options)
             if remote is not None:
                 plan.candidates.append(remote)
                 plan.bases.append(remote_identity)
         if not plan.candidates:
+            option = _given_prompt(options)
+            if option:
+                fix = "use backend='auto' or 'local'" if weights is not None else (
+                    f"no weights for {ref.text} are on this machine: run `dheera-local pull {ref.hub_id or ref.text}`"
+                )  # fmt: skip
+                raise InvalidRequestError(
+                    f"{option} is applied by the local engine only (a remote endpoint uses its own template); {fix}",
+                    field=option,
+                )
             raise ModelNotAvailableError(_not_available_message(ref, options, self.settings))
         return plan
 
@@ -113,6 +123,13 @@ class Selector:
     def _plan_named(self, ref: ModelRef, options: RerankOptions) -> Plan:
         if options.backend == "local" or not options.api_base:
             raise ModelNotAvailableError(_not_available_message(ref, options, self.settings))
+        option = _given_prompt(options)
+        if option:
+            raise InvalidRequestError(
+                f"{option} is applied by the local engine only; {ref.text!r} is served by an endpoint, which uses "
+                "its own template",
+                field=option,
+            )
         backend = self.backends.endpoint(options.api_format or "cohere", options, model=ref.name)
         template = template_for_name(ref.name)
         prompt = _prompt(template, ref.text, options)
@@ -126,6 +143,11 @@ class Selector:
 def _prompt(template: object, model: str, options: RerankOptions) -> str | None:
     """An LLM reranker's prompt text (its option, else its default); refuses a prompt option elsewhere."""
     return resolve_prompt(template, model, {"instruction": options.instruction, "prompt": options.prompt})  # type: ignore[arg-type]
+
+
+def _given_prompt(options: RerankOptions) -> str | None:
+    """The name of the prompt option the request sets (``instruction`` or ``prompt``), if any."""
+    return "instruction" if options.instruction is not None else "prompt" if options.prompt is not None else None
 
 
 def _check_fits(max_length: int, weights: LocalWeights) -> None:

@@ -292,6 +292,14 @@ def test_prompt_options_are_checked_against_the_model(llm_models: dict[str, Path
     assert bert.value.field == "instruction"
     with pytest.raises(InvalidRequestError, match="instruction must be a string"):
         dheera_local.rerank(QWEN_ID, QUERY, DOCS, instruction=3, **FP32)
+    # An endpoint applies its own template: an instruction given here is never silently dropped there.
+    with pytest.raises(InvalidRequestError, match="local engine only") as remote:
+        dheera_local.rerank(QWEN_ID, QUERY, DOCS, instruction="x", backend="remote", api_base="http://127.0.0.1:9")
+    assert remote.value.field == "instruction"
+    with Reranker() as reranker:
+        plan = reranker.plan(QWEN_ID, instruction="x", api_base="http://127.0.0.1:9", **FP32)
+        assert plan.backend_names == ("local",)  # the endpoint is no fallback for it
+        assert reranker.plan(QWEN_ID, api_base="http://127.0.0.1:9", **FP32).backend_names == ("local", "cohere")
 
 
 def test_models_txt_kinds_and_the_layerwise_refusal() -> None:
@@ -302,6 +310,21 @@ def test_models_txt_kinds_and_the_layerwise_refusal() -> None:
         check_cross_encoder("BAAI/bge-reranker-v2-minicpm-layerwise")
     assert "does not run code from the hub" in str(refused.value)
     assert "BAAI/bge-reranker-v2-gemma" in str(refused.value)
+
+
+def test_models_and_pull_agree_with_models_txt(
+    llm_models: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["models", "--json"]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows[QWEN_ID]["kind"] == "llm-reranker" and rows[QWEN_ID]["local"] is True
+    assert rows[SEQ_CLS_ID]["kind"] == "llm-reranker"  # found in the HF cache, listed as what it is
+    assert rows["BAAI/bge-reranker-v2-minicpm-layerwise"]["kind"] == "llm-layerwise"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["pull", "Qwen/Qwen3-Reranker-4B"]) == 1
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err  # accepted: only the network stops it
+    assert main(["pull", "BAAI/bge-reranker-v2-minicpm-layerwise"]) == 1
+    assert "does not run code from the hub" in capsys.readouterr().err
 
 
 def test_a_model_too_large_for_the_device_is_refused_with_numbers(llm_models: dict[str, Path]) -> None:

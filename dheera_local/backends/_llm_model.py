@@ -161,10 +161,30 @@ class LlmModel:
             prefix = getattr(self.body(input_ids=ids, use_cache=True), self._cache_arg)
         tails = [encoded[i][start:] for i in group.indices]
         scored = []
-        for batch in plan_batches([len(tail) for tail in tails], batch_tokens):
-            values = self._forward([tails[j] for j in batch], prefix, start)
+        # Each row holds the prefix's keys and values beside its own: planned at its full length.
+        for batch in plan_batches([start + len(tail) for tail in tails], batch_tokens):
+            values = self._forward_fitting([tails[j] for j in batch], prefix, start)
             scored.extend((group.indices[j], value) for j, value in zip(batch, values, strict=True))
         return scored
+
+    def _forward_fitting(self, rows: list[list[int]], prefix: Any, start: int) -> list[float]:
+        """:meth:`_forward`, splitting the batch in halves while the device runs out of memory."""
+        try:
+            return self._forward(rows, prefix, start)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(rows) == 1:
+                raise LocalBackendError(
+                    f"{self.weights.model_id}: out of memory on {self.device} even for one pair of "
+                    f"{start + len(rows[0])} tokens; lower max_length or use another device"
+                ) from exc
+            half = len(rows) // 2
+            model_id = self.weights.model_id
+            logger.warning("%s: out of memory on %s; splitting a batch of %d", model_id, self.device, len(rows))
+            return self._forward_fitting(rows[:half], prefix, start) + self._forward_fitting(rows[half:], prefix, start)
 
     def _forward(self, rows: list[list[int]], prefix: Any, start: int) -> list[float]:
         """One batch: ``rows`` continue ``prefix`` (the cache of ``start`` tokens, or None)."""
@@ -199,6 +219,10 @@ class LlmModel:
         final = self.norm(hidden[torch.arange(len(rows), device=self.device), last])
         answers = (final @ self.head.T).float()  # upcast before anything else
         return (answers * self.signs).sum(dim=1).tolist()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _shared_prefix(rows: list[list[int]]) -> int:
