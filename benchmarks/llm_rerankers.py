@@ -41,13 +41,16 @@ def load_query(dataset: Path, passages: int, query_id: str = "0") -> tuple[str, 
     return queries[query_id].strip(), docs
 
 
-def build(models_dir: Path, dataset: Path) -> Path:
-    from dheera_local.testing.models import build_llm_twin
+def build(models_dir: Path, dataset: Path, tiny: bool = False) -> Path:
+    from dheera_local.testing.models import build_llm_reranker, build_llm_twin
 
-    folder = models_dir / "qwen3-reranker-0.6b-twin"
+    folder = models_dir / ("qwen3-reranker-tiny" if tiny else "qwen3-reranker-0.6b-twin")
     if not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.index.json").exists():
         words = (dataset / "corpus.tsv").read_text().split()
-        build_llm_twin(TWIN, folder, words=words)
+        if tiny:  # the script's own smoke test: 2 layers, hidden 32
+            build_llm_reranker(folder, family="qwen3", words=words, max_position=32768, tokenizer_vocab_size=8000)
+        else:
+            build_llm_twin(TWIN, folder, words=words)
     return folder
 
 
@@ -139,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", type=Path, default=DATASET)
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/dheera-bench-models"))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "llm_rerankers.json")
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer twin: checks the script, measures nothing")
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     query, docs = load_query(args.dataset, args.passages)
-    folder = build(args.models_dir, args.dataset)
+    folder = build(args.models_dir, args.dataset, args.tiny)
     if args.child:
         print(json.dumps(child(args.child, folder, query, docs, args.device, args.dtype)))
         return 0
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = [r for r in runs if r["system"] == "ours"]
     ref = [r for r in runs if r["system"] == "reference"]
     summary = {
-        "twin": f"{TWIN}-shaped (28 layers, hidden 1024, vocab 151669; random weights)",
+        "twin": "tiny (2 layers, hidden 32)" if args.tiny else f"{TWIN}-shaped (28 layers, hidden 1024, vocab 151669)",
         "pairs": len(docs), "device": args.device, "dtype": args.dtype, "machine": cpu_description(),
         "shared_machine": True,
         "ours_s": median(r["score_s"] for r in ours), "reference_s": median(r["score_s"] for r in ref),

@@ -415,3 +415,17 @@ def test_a_vllm_rerank_answer_is_understood(servers: Servers, tiny_bert: Path) -
         (0, pytest.approx(0.875)), (2, pytest.approx(0.5)), (1, pytest.approx(0.25))
     ]  # fmt: skip
     assert server.scoring()[0].body["documents"] == DOCS[:3]
+
+
+def test_the_langchain_adapter_passes_the_instruction(llm_models: dict[str, Path]) -> None:
+    from langchain_core.documents import Document
+
+    from dheera_local.integrations.langchain import DheeraRerank
+
+    instruction = "Given a question, find the passage that names the city"
+    compressor = DheeraRerank(model=QWEN_ID, top_n=None, instruction=instruction, max_length=120, cache=False, **FP32)
+    kept = compressor.compress_documents([Document(page_content=doc) for doc in DOCS], QUERY)
+    pairs = [(QUERY, doc) for doc in DOCS]
+    expected = qwen3_card_reference(llm_models["qwen3"], pairs, max_length=120, instruction=instruction)
+    got = {doc.page_content: doc.metadata["relevance_score"] for doc in kept}
+    assert got == {doc: pytest.approx(expected[i], abs=1e-4) for i, doc in enumerate(DOCS)}
