@@ -30,3 +30,6 @@ print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0),
 PY
 # 8 minutes at most, as the issue sets; the results folder lands under OUT_DIR.
 timeout 480 python3 "$repo/benchmarks/suite.py" --only gpu --dataset "$dataset" --out "$out" 2>&1 | tee "$out/suite.log"
+# LLM rerankers: the Qwen3-Reranker-0.6B-shaped twin in bf16, ours against the model card's loop (4 minutes at most).
+timeout 240 python3 "$repo/benchmarks/llm_rerankers.py" --device cuda --dtype bfloat16 --rounds 2 \
+  --dataset "$dataset" --models-dir "$out/models" --out "$out/llm_rerankers.json" 2>&1 | tee "$out/llm_rerankers.log"

@@ -36,6 +36,8 @@ def rerank(
     max_tokens_per_doc: int | None = None,
     batch_tokens: int | None = None,
     api_format: str | None = None,
+    instruction: str | None = None,
+    prompt: str | None = None,
 ) -> RerankResponse:
     """Rerank ``documents`` by relevance to ``query``.
 
@@ -63,6 +65,8 @@ def rerank(
         max_chunks_per_doc: Score long documents as up to this many windows (max over windows).
         max_tokens_per_doc: Cohere v2 form: score up to this many tokens of each document.
         batch_tokens: Padded tokens per forward pass of the local backend (default: per device).
+        instruction: Qwen3-Reranker's task instruction (default: the model card's); part of the cache key.
+        prompt: bge-reranker-v2-gemma's prompt after the pair (default: FlagEmbedding's); part of the cache key.
 
     Returns:
         A Cohere-style :class:`RerankResponse`, results sorted best first.
@@ -77,7 +81,7 @@ def rerank(
         rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
         api_base=api_base, api_key=api_key, api_format=api_format, backend=backend, cache=cache, cache_dir=cache_dir,
         device=device, dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
-        batch_tokens=batch_tokens,
+        batch_tokens=batch_tokens, instruction=instruction, prompt=prompt,
     )  # fmt: skip
     return default_reranker().run(request)
 
@@ -104,6 +108,8 @@ async def arerank(
     max_tokens_per_doc: int | None = None,
     batch_tokens: int | None = None,
     api_format: str | None = None,
+    instruction: str | None = None,
+    prompt: str | None = None,
 ) -> RerankResponse:
     """The async twin of :func:`rerank` (same parameters); never blocks the event loop."""
     request = build_request(
@@ -111,6 +117,6 @@ async def arerank(
         rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
         api_base=api_base, api_key=api_key, api_format=api_format, backend=backend, cache=cache, cache_dir=cache_dir,
         device=device, dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
-        batch_tokens=batch_tokens,
+        batch_tokens=batch_tokens, instruction=instruction, prompt=prompt,
     )  # fmt: skip
     return await default_reranker().arun(request)

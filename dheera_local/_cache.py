@@ -150,6 +150,9 @@ class ModelIdentity:
     revision: str
     max_length: int
     numerics: str = ""
+    # An LLM reranker's template and prompt text ("qwen3:<instruction>"); empty for a cross-encoder, whose
+    # keys then stay as they were.
+    prompt: str = ""
 
 
 def cache_key(identity: ModelIdentity, query: str, document: str) -> str:
@@ -172,6 +175,8 @@ class KeyMaker:
         )  # fmt: skip
         for value in fields:
             self._prefix.update(_field(value))
+        if identity.prompt:
+            self._prefix.update(_field(identity.prompt))
         self._query: str | None = None
         self._with_query = self._prefix
 

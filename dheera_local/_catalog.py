@@ -1,5 +1,6 @@
 """The catalog of known models, read from ``models.txt`` (the single source of truth), and the one rule
-for what dheera_local scores: cross-encoders only (:func:`check_cross_encoder`)."""
+for what dheera_local scores (:func:`check_cross_encoder`): cross-encoders, and the LLM rerankers whose
+prompt template it knows (:mod:`._llm_templates`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from importlib import resources
 from pathlib import Path
 
 from ._errors import LocalBackendError, UnsupportedModelError
+from ._llm_templates import LLM_ARCHITECTURES
 
 CROSS_ENCODER = "cross-encoder"
 LLM_RERANKER = "llm-reranker"
+# A layerwise LLM reranker: its scoring layers live in a modeling file on the hub, which is code we do not run.
+LLM_LAYERWISE = "llm-layerwise"
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def parse_catalog(text: str) -> dict[str, KnownModel]:
         if len(fields) != 6:
             raise ValueError(f"models.txt line {number}: expected 6 fields, got {len(fields)}: {line!r}")
         hub_id, kind, max_length, params, languages, license_ = fields
-        if kind not in (CROSS_ENCODER, LLM_RERANKER):
+        if kind not in (CROSS_ENCODER, LLM_RERANKER, LLM_LAYERWISE):
             raise ValueError(f"models.txt line {number}: unknown kind {kind!r}")
         models[hub_id.lower()] = KnownModel(hub_id, kind, int(max_length), params, languages, license_)
     return models
@@ -70,21 +74,23 @@ def lookup(hub_id: str | None) -> KnownModel | None:
 
 
 def check_cross_encoder(model_id: str | None, folder: Path | None = None, *, strict: bool = True) -> None:
-    """Refuse a model that a CrossEncoder would score with a random or wrong head.
+    """Refuse a model that would be scored with a random or wrong head.
 
-    The rule, applied when a model is planned, pulled and loaded: not an LLM reranker of models.txt,
-    and (given its ``folder``) a ``*ForSequenceClassification`` architecture with 1 or 2 labels.
+    The rule, applied when a model is planned, pulled and loaded: not a layerwise LLM reranker of
+    models.txt, and (given its ``folder``) a ``*ForSequenceClassification`` architecture with 1 or 2
+    labels, or an LLM architecture scored through its prompt template (:data:`LLM_ARCHITECTURES`).
 
     Raises:
         UnsupportedModelError: The model is not a cross-encoder.
         LocalBackendError: The folder's config.json cannot be read (``strict``; else it passes).
     """
     known = lookup(model_id)
-    if known is not None and not known.is_cross_encoder:
+    if known is not None and known.kind == LLM_LAYERWISE:
         raise UnsupportedModelError(
-            f"{known.hub_id} is an {known.kind} (an LLM that scores a 'Yes' token), not a cross-encoder; "
-            "loading it as one would score with a randomly initialised head. Use a cross-encoder such as "
-            "BAAI/bge-reranker-v2-m3 (`dheera-local models` lists them)."
+            f"{known.hub_id} is a layerwise LLM reranker whose scoring layers are defined in custom modeling "
+            "code downloaded from the hub (trust_remote_code), and dheera_local does not run code from the hub; "
+            "it is not a cross-encoder either. Use BAAI/bge-reranker-v2-gemma or Qwen/Qwen3-Reranker-0.6B "
+            "(LLM rerankers served here), or the cross-encoder BAAI/bge-reranker-v2-m3."
         )
     if folder is None:
         return
@@ -95,6 +101,8 @@ def check_cross_encoder(model_id: str | None, folder: Path | None = None, *, str
             return
         raise LocalBackendError(f"{model_id}: cannot read {folder / 'config.json'}: {exc}") from exc
     architectures = config.get("architectures") or []
+    if any(a in LLM_ARCHITECTURES for a in architectures):
+        return
     if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
         raise UnsupportedModelError(
             f"{model_id} has architecture {architectures[0]}, not a *ForSequenceClassification "

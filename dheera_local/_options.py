@@ -162,6 +162,14 @@ class RerankOptions:
         None, _timeout, "seconds one remote request may take, answer included", cli={"type": float},
         config=float | None,
     )  # fmt: skip
+    instruction: str | None = _option(
+        None, _optional_str, "Qwen3-Reranker's task instruction (default: the model card's web-search one)",
+        cli={}, config=str | None,
+    )  # fmt: skip
+    prompt: str | None = _option(
+        None, _optional_str, "bge-reranker-v2-gemma's prompt after the pair (default: FlagEmbedding's)",
+        cli={}, config=str | None,
+    )  # fmt: skip
     batch_tokens: int | None = _option(
         None, check_optional_int, "padded tokens per forward pass of the local backend (default: per device)",
         cli={"type": int}, config=int | None,

@@ -19,6 +19,7 @@ from ._cache import ModelIdentity
 from ._catalog import check_cross_encoder, lookup
 from ._discovery import LocalWeights, configured_max_length, find_local_weights
 from ._errors import InvalidRequestError, ModelNotAvailableError
+from ._llm_templates import resolve_prompt, template_for_folder, template_for_name
 from ._model_ref import HF_PREFIX, ModelKind, ModelRef
 from ._options import RerankOptions
 from ._settings import Settings
@@ -72,24 +73,37 @@ class Selector:
         if options.max_length and weights is not None and options.backend in ("auto", "local"):
             _check_fits(options.max_length, weights)
         max_length = options.max_length or _default_max_length(ref, weights)
-        remote_identity = ModelIdentity(ref.hub_id or ref.text, "remote", max_length)
+        template = template_for_folder(weights.path) if weights is not None else template_for_name(ref.hub_id)
+        prompt = _prompt(template, ref.text, options)
+        keyed = f"{template.name}:{prompt}" if template is not None else ""
+        remote_identity = ModelIdentity(ref.hub_id or ref.text, "remote", max_length, prompt=keyed)
         identity = remote_identity
         if weights is not None:
-            identity = ModelIdentity(weights.model_id, weights.revision, max_length)
+            identity = ModelIdentity(weights.model_id, weights.revision, max_length, prompt=keyed)
         plan = Plan(identity, [], weights=weights)
         if options.backend in ("auto", "local") and weights is not None:
             plan.local = self.backends.local(
                 weights, max_length=max_length, device=options.device, dtype=options.dtype,
-                batch_tokens=options.batch_tokens,
+                batch_tokens=options.batch_tokens, prompt=prompt,
             )  # fmt: skip
             plan.candidates.append(self.backends.serve(plan.local))
             plan.bases.append(identity)
-        if options.backend in ("auto", "remote") and ref.kind is ModelKind.HUB:
+        # A remote endpoint applies its own template: it cannot honour an instruction or prompt given here.
+        if options.backend in ("auto", "remote") and ref.kind is ModelKind.HUB and not _given_prompt(options):
             remote = self._hub_remote(ref, options)
             if remote is not None:
                 plan.candidates.append(remote)
                 plan.bases.append(remote_identity)
         if not plan.candidates:
+            option = _given_prompt(options)
+            if option:
+                fix = "use backend='auto' or 'local'" if weights is not None else (
+                    f"no weights for {ref.text} are on this machine: run `dheera-local pull {ref.hub_id or ref.text}`"
+                )  # fmt: skip
+                raise InvalidRequestError(
+                    f"{option} is applied by the local engine only (a remote endpoint uses its own template); {fix}",
+                    field=option,
+                )
             raise ModelNotAvailableError(_not_available_message(ref, options, self.settings))
         return plan
 
@@ -109,9 +123,31 @@ class Selector:
     def _plan_named(self, ref: ModelRef, options: RerankOptions) -> Plan:
         if options.backend == "local" or not options.api_base:
             raise ModelNotAvailableError(_not_available_message(ref, options, self.settings))
+        option = _given_prompt(options)
+        if option:
+            raise InvalidRequestError(
+                f"{option} is applied by the local engine only; {ref.text!r} is served by an endpoint, which uses "
+                "its own template",
+                field=option,
+            )
         backend = self.backends.endpoint(options.api_format or "cohere", options, model=ref.name)
-        identity = ModelIdentity(f"{options.api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0)
+        template = template_for_name(ref.name)
+        prompt = _prompt(template, ref.text, options)
+        keyed = f"{template.name}:{prompt}" if template is not None else ""
+        identity = ModelIdentity(
+            f"{options.api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0, prompt=keyed
+        )
         return Plan(identity, [backend], bases=[identity])
+
+
+def _prompt(template: object, model: str, options: RerankOptions) -> str | None:
+    """An LLM reranker's prompt text (its option, else its default); refuses a prompt option elsewhere."""
+    return resolve_prompt(template, model, {"instruction": options.instruction, "prompt": options.prompt})  # type: ignore[arg-type]
+
+
+def _given_prompt(options: RerankOptions) -> str | None:
+    """The name of the prompt option the request sets (``instruction`` or ``prompt``), if any."""
+    return "instruction" if options.instruction is not None else "prompt" if options.prompt is not None else None
 
 
 def _check_fits(max_length: int, weights: LocalWeights) -> None:

@@ -264,6 +264,7 @@ def _model_rows() -> list[dict[str, Any]]:
     from ._catalog import check_cross_encoder, known_models, lookup
     from ._discovery import cached_models
     from ._errors import DheeraError
+    from ._llm_templates import template_for_folder, template_for_name
     from ._settings import Settings
 
     cached = {model.hub_id.lower(): model for model in cached_models(Settings.from_env().hub_cache)}
@@ -283,8 +284,12 @@ def _model_rows() -> list[dict[str, Any]]:
             check_cross_encoder(model.hub_id, model.path)
         except DheeraError:
             continue  # an embedding model or an LLM in the same cache: not ours to list
+        llm = template_for_folder(model.path) is not None
+        if llm and template_for_name(model.hub_id) is None:
+            continue  # a chat LLM of a reranker's architecture (Qwen/Qwen3-0.6B): not a reranker to list
         rows.append({
-            "model": model.hub_id, "kind": "cross-encoder", "max_length": None, "params": None, "languages": None,
+            "model": model.hub_id, "kind": "llm-reranker" if llm else "cross-encoder", "max_length": None,
+            "params": None, "languages": None,
             "license": None, "source": "hf-cache", "local": True, "path": str(model.path),
             "revision": model.revision, "size_bytes": model.size_bytes,
         })  # fmt: skip

@@ -58,7 +58,7 @@ def test_errors_are_one_line_and_non_zero() -> None:
     missing = cli("rerank", "--model", "huggingface/BAAI/bge-reranker-base", "--backend", "local", "--query", "q", "a")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "dheera-local pull BAAI/bge-reranker-base" in missing.stderr
-    refused = cli("rerank", "--model", "BAAI/bge-reranker-v2-gemma", "--query", "q", "a")
+    refused = cli("rerank", "--model", "BAAI/bge-reranker-v2-minicpm-layerwise", "--query", "q", "a")
     assert refused.returncode == 1 and "not a cross-encoder" in refused.stderr
 
 

@@ -63,7 +63,7 @@ def test_every_engine_option_is_a_field(adapter: type) -> None:
     made = adapter(model="org/name", api_base="https://rerank.example", dtype="float32", max_length=256, cache=False)
     assert made.engine_options() == {
         "api_base": "https://rerank.example", "api_key": None, "api_format": None, "backend": "auto", "cache": False,
-        "device": None, "dtype": "float32", "max_length": 256, "timeout": None,
+        "device": None, "dtype": "float32", "max_length": 256, "timeout": None, "instruction": None, "prompt": None,
     }  # fmt: skip
 
 

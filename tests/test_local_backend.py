@@ -333,9 +333,9 @@ def test_arerank_does_not_block_the_event_loop() -> None:
     assert len(ticks) > 5  # the loop kept running while inference ran in a worker thread
 
 
-def test_llm_rerankers_are_refused_with_a_clear_message() -> None:
+def test_layerwise_llm_rerankers_are_refused_with_a_clear_message() -> None:
     with pytest.raises(UnsupportedModelError, match="not a cross-encoder"):
-        dheera_local.rerank("huggingface/BAAI/bge-reranker-v2-gemma", QUERY, DOCS)
+        dheera_local.rerank("huggingface/BAAI/bge-reranker-v2-minicpm-layerwise", QUERY, DOCS)
 
 
 def test_a_model_without_a_classification_head_is_refused(tmp_path: Path, tiny_bert: Path) -> None:

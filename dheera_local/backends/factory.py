@@ -55,12 +55,13 @@ class Backends:
         self.limits = EndpointLimits()
 
     def local(
-        self, weights: LocalWeights, *, max_length: int, device: str | None, dtype: str | None, batch_tokens: int | None
+        self, weights: LocalWeights, *, max_length: int, device: str | None, dtype: str | None,
+        batch_tokens: int | None, prompt: str | None = None,
     ) -> LocalBackend:
-        """The local backend for ``weights`` (the model loads on first use)."""
+        """The local backend for ``weights`` (the model loads on first use); ``prompt``: an LLM reranker's."""
         return LocalBackend(
             weights, max_length=max_length, device=device, dtype=dtype, batch_tokens=batch_tokens,
-            cpu_kernels=self.settings.cpu_kernels, models=self.models,
+            cpu_kernels=self.settings.cpu_kernels, models=self.models, prompt=prompt,
         )  # fmt: skip
 
     def serve(self, local: LocalBackend) -> Backend:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._discovery import LocalWeights
 from .._errors import DheeraError, LocalBackendError
 from .._hardware import dtype_name, resolve_device, resolve_dtype
+from .._llm_templates import template_for_folder
 
 if TYPE_CHECKING:
     from ._torch_model import LocalModel
@@ -123,6 +124,11 @@ class ModelStore:
 
 def _load(weights: LocalWeights, key: LoadKey) -> LocalModel:
     try:
+        template = template_for_folder(weights.path)
+        if template is not None:  # a decoder-only reranker: scored through its prompt template
+            from ._llm_model import LlmModel
+
+            return LlmModel(weights, key.device, key.dtype, template)  # type: ignore[return-value]
         from ._torch_model import LocalModel
 
         return LocalModel(weights, key.device, key.dtype, key.cpu_kernels)
@@ -152,8 +158,11 @@ class LocalBackend:
         batch_tokens: int | None = None,
         cpu_kernels: str = "auto",
         models: ModelStore | None = None,
+        prompt: str | None = None,
     ) -> None:
         self.weights = weights
+        # An LLM reranker's prompt or instruction (None: a cross-encoder, or the template's default).
+        self.prompt = prompt
         self.max_length = max_length
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -194,6 +203,8 @@ class LocalBackend:
         """
         model = self.model()
         try:
+            if self.prompt is not None:
+                return model.logits(pairs, self.max_length, self.batch_tokens, prompt=self.prompt)  # type: ignore[call-arg]
             return model.logits(pairs, self.max_length, self.batch_tokens)
         except DheeraError:
             raise

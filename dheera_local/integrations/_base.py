@@ -19,7 +19,10 @@ from .._response import RerankResult
 from .._runtime import default_reranker
 
 # The keyword options of ``dheera_local.rerank`` an adapter takes as fields (a test checks each is one).
-ENGINE_OPTIONS = ("api_base", "api_key", "api_format", "backend", "cache", "device", "dtype", "max_length", "timeout")
+ENGINE_OPTIONS = (
+    "api_base", "api_key", "api_format", "backend", "cache", "device", "dtype", "max_length", "timeout", "instruction",
+    "prompt",
+)  # fmt: skip
 
 
 def missing_extra(module: str, package: str, extra: str) -> str:
@@ -53,6 +56,8 @@ class RerankFields(BaseModel):
     dtype: str | None = Field(default=None, description="Local precision: auto, float32, bfloat16 or float16.")
     max_length: int | None = Field(default=None, description="Tokens per (query, document) pair.")
     timeout: float | None = Field(default=None, description="Seconds one remote request may take.")
+    instruction: str | None = Field(default=None, description="Qwen3-Reranker's task instruction (LLM rerankers).")
+    prompt: str | None = Field(default=None, description="bge-reranker-v2-gemma's prompt (LLM rerankers).")
     reranker: Reranker | None = Field(
         default=None, exclude=True, description="The engine to use (default: the one behind dheera_local.rerank)."
     )

@@ -294,7 +294,7 @@ class BatcherPool:
         """The batcher for ``local``'s model (weights, device, dtype, max_length, token budget)."""
         key = (
             str(local.weights.path), local.weights.revision, local.device, str(local.dtype),
-            local.max_length, local.batch_tokens,
+            local.max_length, local.batch_tokens, getattr(local, "prompt", None),
         )  # fmt: skip
         with self._lock:
             if self._closed:

@@ -38,6 +38,8 @@ class CohereRerankRequest(_Request):
     max_chunks_per_doc: int | None = None
     max_tokens_per_doc: int | None = None
     raw_scores: bool | None = Field(default=None, description="extension: logits instead of [0, 1] scores")
+    instruction: str | None = Field(default=None, description="extension: Qwen3-Reranker's task instruction")
+    prompt: str | None = Field(default=None, description="extension: bge-reranker-v2-gemma's prompt")
 
 
 class CohereV2RerankRequest(_Request):
@@ -51,6 +53,8 @@ class CohereV2RerankRequest(_Request):
     priority: int | None = Field(default=None, description="accepted, not used")
     return_documents: bool | None = Field(default=None, description="as older v2 SDKs send it")
     raw_scores: bool | None = Field(default=None, description="extension: logits instead of [0, 1] scores")
+    instruction: str | None = Field(default=None, description="extension: Qwen3-Reranker's task instruction")
+    prompt: str | None = Field(default=None, description="extension: bge-reranker-v2-gemma's prompt")
 
 
 class TEIRerankRequest(_Request):
@@ -63,6 +67,8 @@ class TEIRerankRequest(_Request):
     truncate: bool | None = Field(default=None, description="accepted; pairs are always truncated to max_length")
     truncation_direction: str | None = Field(default=None, description="accepted, not used")
     top_n: int | None = Field(default=None, description="extension (LiteLLM sends it): keep the best top_n")
+    instruction: str | None = Field(default=None, description="extension: Qwen3-Reranker's task instruction")
+    prompt: str | None = Field(default=None, description="extension: bge-reranker-v2-gemma's prompt")
 
 
 class TEIRank(BaseModel):

@@ -48,7 +48,8 @@ class RerankService:
             served.model, body.query, body.documents, body.top_n, body.return_documents,
             rank_fields=getattr(body, "rank_fields", None),
             max_chunks_per_doc=getattr(body, "max_chunks_per_doc", None),
-            max_tokens_per_doc=body.max_tokens_per_doc, raw_scores=body.raw_scores, **served.options,
+            max_tokens_per_doc=body.max_tokens_per_doc, raw_scores=body.raw_scores,
+            **_with_prompt(served.options, body),
         )  # fmt: skip
         response = await self.reranker.arun(request)
         response.meta.api_version = ApiVersion(version=version)
@@ -59,7 +60,8 @@ class RerankService:
         served = self.registry.resolve(model)
         self._check_count(len(body.texts), "texts")
         request = build_request(
-            served.model, body.query, body.texts, body.top_n, False, raw_scores=body.raw_scores, **served.options
+            served.model, body.query, body.texts, body.top_n, False, raw_scores=body.raw_scores,
+            **_with_prompt(served.options, body),
         )
         response = await self.reranker.arun(request)
         ranks = [_tei_rank(result.index, result.relevance_score, body) for result in response.results]
@@ -105,3 +107,10 @@ def _tei_rank(index: int, score: float, body: TEIRerankRequest) -> dict[str, Any
     if body.return_text:
         rank["text"] = body.texts[index]
     return rank
+
+
+def _with_prompt(options: dict[str, Any], body: Any) -> dict[str, Any]:
+    """The model's configured options, with an LLM reranker's ``instruction``/``prompt`` from the body
+    (when it gives one) in place of config.yaml's."""
+    given = {name: getattr(body, name, None) for name in ("instruction", "prompt")}
+    return {**options, **{name: value for name, value in given.items() if value is not None}}

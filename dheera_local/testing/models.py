@@ -330,3 +330,150 @@ def _keyword_batch(
         docs.append(" ".join(words))
         labels.append(1.0 if positive else 0.0)
     return queries, docs, labels
+
+
+# Decoder-only (LLM) rerankers: tiny random Gemma / Qwen3 causal LMs whose tokenizers hold every token
+# their prompt templates use, so the template code paths run exactly as on the real models.
+
+LLM_FAMILIES = ("gemma", "qwen3")
+# Texts the templates put around each pair: in the tokenizer's training data, so they tokenize into few,
+# stable pieces, and "yes", "no", "Yes" become single tokens (the templates read their logits).
+_TEMPLATE_TEXTS = (
+    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that '
+    'the answer can only be "yes" or "no".',
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: ",
+    "\n<Document>: ",
+    "system\n",
+    "user\n",
+    "assistant\n",
+    "A: ",
+    "B: ",
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'.",
+)
+LLM_TWINS = {
+    # name: (family, layers, hidden, heads, kv_heads, head_dim, intermediate, vocab_size)
+    "Qwen3-Reranker-0.6B": ("qwen3", 28, 1024, 16, 8, 128, 3072, 151669),
+    "bge-reranker-v2-gemma": ("gemma", 18, 2048, 8, 1, 256, 16384, 256000),
+}
+
+
+def train_llm_tokenizer(family: str, words: Iterable[str] = WORDS, vocab_size: int = 1500):  # noqa: ANN201
+    """A byte-level BPE tokenizer for a ``family`` ("gemma" or "qwen3") twin: the family's special tokens
+    (``<bos>``/``<eos>``/``<pad>``; ``<|im_start|>``/``<|im_end|>``/``<think>``/``</think>``) and single
+    tokens for "yes", "no" and "Yes". Adds no special tokens by itself, as neither real tokenizer does for
+    the calls the reference code makes."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if family not in LLM_FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(LLM_FAMILIES)}, got {family!r}")
+    specials = ["<pad>", "<eos>", "<bos>"] if family == "gemma" else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    rng = random.Random(0)
+    vocabulary = list(words)
+    corpus = [" ".join(rng.choice(vocabulary) for _ in range(12)) for _ in range(400)]
+    corpus += ["yes", "no", "Yes", "No"] * 200 + list(_TEMPLATE_TEXTS) * 20
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer)
+    if family == "gemma":
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    tok.add_tokens([AddedToken("<think>", normalized=False), AddedToken("</think>", normalized=False)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def build_llm_reranker(
+    folder: str | Path,
+    *,
+    family: str = "qwen3",
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 8,
+    intermediate: int = 64,
+    vocab_size: int | None = None,
+    max_position: int = 4096,
+    init_std: float = 0.2,
+    seed: int = 0,
+    words: Iterable[str] = WORDS,
+    tokenizer_vocab_size: int = 1500,
+) -> Path:
+    """Save a random-weight decoder-only reranker: ``GemmaForCausalLM`` (as BAAI/bge-reranker-v2-gemma) or
+    ``Qwen3ForCausalLM`` (as Qwen/Qwen3-Reranker-*), with a tokenizer from :func:`train_llm_tokenizer`.
+
+    ``init_std`` is larger than the models' own (0.02) so that a tiny model's "yes" logits differ from
+    pair to pair by whole units: tests comparing scores to 1e-4 then compare something.
+    """
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_llm_tokenizer(family, words, tokenizer_vocab_size)
+    tokenizer.model_max_length = max_position
+    vocab = max(vocab_size or 0, -(-len(tokenizer) // 64) * 64)
+    shape = dict(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+        max_position_embeddings=max_position, initializer_range=init_std, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    if family == "gemma":
+        from transformers import GemmaConfig, GemmaForCausalLM
+
+        config, model_class = GemmaConfig(bos_token_id=tokenizer.bos_token_id, **shape), GemmaForCausalLM
+    else:
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        config, model_class = Qwen3Config(**shape), Qwen3ForCausalLM
+    torch.manual_seed(seed)
+    model = model_class(config)
+    with torch.no_grad():  # RMSNorm weights start at 1 (Gemma: 0): spread them too, so every norm matters
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.add_(torch.randn_like(parameter) * init_std)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_llm_twin(name: str, folder: str | Path, seed: int = 0, words: Iterable[str] = WORDS) -> Path:
+    """Save an architecture twin of a decoder-only reranker (random weights, the real shape; a tokenizer
+    trained on ``words``, 8,000 tokens: pass a benchmark's own text for realistic token counts)."""
+    if name not in LLM_TWINS:
+        raise ValueError(f"no twin for {name!r}; known: {', '.join(LLM_TWINS)}")
+    family, layers, hidden, heads, kv_heads, head_dim, intermediate, vocab = LLM_TWINS[name]
+    return build_llm_reranker(
+        folder, family=family, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+        intermediate=intermediate, vocab_size=vocab, max_position=32768, init_std=0.02, seed=seed, words=words,
+        tokenizer_vocab_size=8000,
+    )  # fmt: skip
+
+
+def convert_to_seq_cls(causal_folder: str | Path, folder: str | Path) -> Path:
+    """Save a ``Qwen3ForCausalLM`` reranker as ``Qwen3ForSequenceClassification`` with one label whose
+    weight row is the head's "yes" row minus its "no" row: the ``*-seq-cls`` conversions' recipe, so its
+    logit is logit(yes) - logit(no) of the causal model."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3ForCausalLM, Qwen3ForSequenceClassification
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(causal_folder)
+    causal = Qwen3ForCausalLM.from_pretrained(causal_folder)
+    config = causal.config
+    config.architectures = ["Qwen3ForSequenceClassification"]
+    config.num_labels = 1
+    classifier = Qwen3ForSequenceClassification(config)
+    classifier.model.load_state_dict(causal.model.state_dict())
+    head = causal.get_output_embeddings().weight
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    with torch.no_grad():
+        classifier.score.weight.copy_((head[yes] - head[no]).unsqueeze(0))
+    classifier.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
