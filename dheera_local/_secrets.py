@@ -10,10 +10,11 @@ length: a token straddling the cut would otherwise leak its first characters.
 A secret is masked in every spelling a message can carry it in: as written, escaped as ``repr``,
 ``ascii`` and JSON escape it (httpx quotes an illegal header as ``b'Bearer ...'``), percent-encoded
 (a URL's query) and base64-encoded (``Authorization: Basic``); and so is each run of 8 or more of its
-characters that no escaping changes (letters, digits, ``._~-``), whatever escaping a message applies. Keys are normalised where they are
-read (:func:`clean_key`): surrounding whitespace goes (a secret mounted from a file ends in a
-newline), and a control or non-ASCII character inside one is refused, since no HTTP header can
-carry it.
+characters that no escaping changes (letters, digits, ``._~-``), whatever escaping a message applies.
+
+Keys are normalised where they are read (:func:`clean_key`): surrounding whitespace goes (a secret
+mounted from a file ends in a newline), and a control or non-ASCII character inside one is refused,
+since no HTTP header can carry it.
 
 Log records are also made single-line (:func:`escape_controls`): a value an attacker chose (a
 request path holding ``%0a``) cannot forge a log line or send terminal escapes. :func:`install`
@@ -92,7 +93,8 @@ def spellings(secret: str) -> tuple[str, ...]:
         percent_encode(secret, safe=""),
         percent_encode(secret, safe="/:@"),
         quote_plus(secret),
-        base64.b64encode(raw).decode().rstrip("="),
+        base64.b64encode(raw).decode(),
+        base64.b64encode(raw).decode().rstrip("="),  # inside a longer base64 text: no padding
         base64.urlsafe_b64encode(raw).decode().rstrip("="),
         # Its runs of characters that no escaping changes: an escaping not listed above (a repr of a
         # repr, a dict quoted in a message) still leaves these whole.
