@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from dheera_local import AllBackendsFailedError, ConfigError, InvalidRequestError, Reranker
 from dheera_local._secrets import LOGGER_NAMES, MASK, mask, register
+from dheera_local._settings import Settings
 from dheera_local.backends.hf_hosted import is_hf_host
 from dheera_local.server import create_app, parse_config
 from loopback import FAST, Fault, Servers, by_index, call
@@ -66,6 +67,16 @@ def test_a_config_key_from_an_env_file_is_stripped_and_a_bad_one_named() -> None
     assert token[3:15] not in str(bad.value) and bad.value.__context__ is None
     with pytest.raises(ConfigError, match=r"general_settings\.master_key: .*control character"):
         parse_config(data, environ={"UPSTREAM": token, "PROXY_KEY": master[:8] + "\n" + master[8:]})
+
+
+def test_an_environment_token_no_header_can_carry_is_ignored_with_a_warning_naming_the_variable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    head, tail = secret(), secret()
+    settings = Settings.from_env({"HF_TOKEN": f"{head}\x1b{tail}\n", "CO_API_KEY": f" {head}\n"})
+    assert settings.hf_token_value is None and settings.cohere_api_key.get_secret_value() == head
+    assert "HF_TOKEN holds a control character at position 35" in caplog.text
+    assert head[3:15] not in caplog.text and tail[3:15] not in caplog.text
 
 
 def test_a_master_key_ending_in_a_newline_still_lets_clients_in(tiny_bert: Path) -> None:
