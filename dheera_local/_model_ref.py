@@ -23,6 +23,8 @@ HF_PREFIX = "huggingface/"
 COHERE_PREFIX = "cohere/"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+_HUB_PART = re.compile(r"^\w(?:[\w.\-]*\w)?$")
+MAX_HUB_PART = 96
 
 
 class ModelKind(str, Enum):
@@ -54,12 +56,13 @@ def parse_model(model: object) -> ModelRef:
         return _hub_ref(text, text[len(HF_PREFIX) :])
     if text.startswith(COHERE_PREFIX) and len(text) > len(COHERE_PREFIX):
         return ModelRef(text, ModelKind.NAMED, name=text[len(COHERE_PREFIX) :])
-    folder = Path(text).expanduser()
-    if folder.is_dir():
+    folder = _existing_folder(text)
+    if folder is not None:
         return ModelRef(text, ModelKind.PATH, name=text, path=folder.resolve())
     if text.startswith(_PATH_PREFIXES):
-        raise InvalidRequestError(f"model folder {text!r} does not exist", field="model")
+        raise InvalidRequestError(f"model folder {_shown(text)} does not exist", field="model")
     if _HUB_ID.match(text):
+        _check_hub_id(text, text)
         return ModelRef(text, ModelKind.HUB, name=text, hub_id=text)
     return ModelRef(text, ModelKind.NAMED, name=text)
 
@@ -67,8 +70,43 @@ def parse_model(model: object) -> ModelRef:
 def _hub_ref(text: str, hub_id: str) -> ModelRef:
     if not _HUB_ID.match(hub_id):
         raise InvalidRequestError(
-            f"model {text!r}: after 'huggingface/' expected a hub id ORG/NAME, e.g. "
+            f"model {_shown(text)}: after 'huggingface/' expected a hub id ORG/NAME, e.g. "
             "'huggingface/BAAI/bge-reranker-base'",
             field="model",
         )
+    _check_hub_id(text, hub_id)
     return ModelRef(text, ModelKind.HUB, name=hub_id, hub_id=hub_id)
+
+
+def _existing_folder(text: str) -> Path | None:
+    try:
+        folder = Path(text).expanduser()
+        return folder if folder.is_dir() else None
+    except (OSError, RuntimeError, ValueError):  # a name too long for a path, no home for ~user, a NUL
+        return None
+
+
+def _check_hub_id(text: str, hub_id: str) -> None:
+    """huggingface_hub's rules for a repo id, checked here so that a bad one is an InvalidRequestError
+    naming ``model`` rather than its HFValidationError from deep inside a cache lookup."""
+    org, name = hub_id.split("/")
+    problem = None
+    if len(org) > MAX_HUB_PART or len(name) > MAX_HUB_PART:
+        problem = f"each part is at most {MAX_HUB_PART} characters"
+    elif not (_HUB_PART.match(org) and _HUB_PART.match(name)):
+        problem = "a part cannot start or end with '-' or '.'"
+    elif "--" in hub_id or ".." in hub_id:
+        problem = "'--' and '..' are not allowed"
+    elif hub_id.endswith(".git"):
+        problem = "it cannot end in '.git'"
+    if problem is not None:
+        raise InvalidRequestError(
+            f"model {_shown(text)} is not a valid HuggingFace hub id ORG/NAME: {problem}. (For a name only an "
+            "api_base endpoint knows, write cohere/NAME.)",
+            field="model",
+        )
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, cut: the value is the caller's and may be huge."""
+    return repr(text) if len(text) <= 120 else repr(text[:100]) + f"... ({len(text)} characters)"

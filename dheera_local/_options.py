@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -82,20 +83,48 @@ def _api_base(value: object, name: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise InvalidRequestError(f"{name} must be an http:// or https:// URL, got {value!r}", field=name)
+        shown = secrets.mask(without_userinfo(value)) if isinstance(value, str) else value
+        raise InvalidRequestError(f"{name} must be an http:// or https:// URL, got {shown!r}", field=name)
+    try:
+        parts = urlsplit(value)
+        user, password = parts.username, parts.password
+    except ValueError:  # an unbalanced [IPv6] host
+        raise InvalidRequestError(f"{name} is not a valid URL: {without_userinfo(value)!r}", field=name) from None
+    if "@" in parts.netloc:
+        # Credentials in a URL travel into every message that names the endpoint, and httpx would send
+        # them as Basic auth in place of api_key: refused, and masked from here on in case they echo.
+        secrets.register_userinfo(user, password)
+        raise InvalidRequestError(
+            f"{name} must not hold credentials (user:password@ in {without_userinfo(value)!r}); "
+            "pass the key as api_key (sent as 'Authorization: Bearer')",
+            field=name,
+        )
     return value
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 def _api_key(value: object, name: str) -> SecretStr | None:
     if value is None or value == "":
         return None
-    if isinstance(value, SecretStr):
-        secrets.register(value.get_secret_value())
-        return value
-    if not isinstance(value, str):
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if not isinstance(raw, str):
         raise InvalidRequestError(f"{name} must be a string", field=name)
-    secrets.register(value)
-    return SecretStr(value)
+    secrets.register(raw.strip())  # masked even when refused below
+    try:
+        key = secrets.clean_key(raw, name)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), field=name) from None
+    return SecretStr(key) if key else None
 
 
 def _timeout(value: object, name: str) -> float | None:

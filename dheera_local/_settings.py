@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from ._secrets import register
+from ._secrets import clean_key, register
 
 logger = logging.getLogger("dheera_local")
 
@@ -59,7 +59,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings the environment gives (``os.environ`` unless ``environ`` is passed)."""
         env = os.environ if environ is None else environ
-        token = (env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or "").strip()
+        token = _env_key(env, "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
         return cls(
             cache_dir=_cache_dir(env),
             hub_cache=hub_cache_dir(env),
@@ -71,7 +71,7 @@ class Settings:
             hf_token_file=_token_file(env),
             # huggingface_hub's own lookup (OIDC, Colab secrets) only where no token file is named.
             hf_token_lookup=not env.get("HF_TOKEN_PATH"),
-            cohere_api_key=_registered(env.get("CO_API_KEY") or env.get("COHERE_API_KEY")),
+            cohere_api_key=_registered(_env_key(env, "CO_API_KEY", "COHERE_API_KEY")),
         )
 
     @functools.cached_property
@@ -108,6 +108,21 @@ def _registered(value: str | None) -> SecretStr | None:
     value = (value or "").strip()
     register(value)
     return SecretStr(value) if value else None
+
+
+def _env_key(env: Mapping[str, str], *names: str) -> str:
+    """The first of ``names`` set, stripped (a secret mounted from a file ends in a newline). One with a
+    character no HTTP header can carry is ignored, with a warning naming the variable (never the value):
+    local scoring must not fail over a token it may never send."""
+    for name in names:
+        if env.get(name):
+            register(env[name].strip())
+            try:
+                return clean_key(env[name], name)
+            except ValueError as exc:
+                logger.warning("%s; ignoring it", exc)
+                return ""
+    return ""
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -149,8 +164,11 @@ def _token_file(env: Mapping[str, str]) -> Path:
 
 def _read_token(path: Path) -> str | None:
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        token = clean_key(path.read_text(encoding="utf-8"), f"the token file {path}")
     except (OSError, UnicodeDecodeError):  # no file, or an unreadable one: no saved token
+        return None
+    except ValueError as exc:
+        logger.warning("%s; ignoring it", exc)
         return None
     return token or None
 

@@ -20,6 +20,7 @@ from . import __version__
 from ._console import quiet_weight_loading
 from ._errors import DheeraError, InvalidRequestError
 from ._options import add_engine_options, engine_options
+from ._secrets import install as install_masking
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -70,6 +71,7 @@ def _configure_logging(verbose: int, log_format: str = "text") -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_formatter(log_format))
+    install_masking(handler)  # every logger's records, httpx's and uvicorn's too: secrets masked, one line each
     logging.basicConfig(level=level, handlers=[handler])
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from .._errors import RemoteBackendError
+from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy, asend, gather_bounded, run_concurrently, send
 
 MAX_BODY_BYTES = 2_000_000
@@ -163,6 +164,27 @@ def _merge(count: int, groups: list[list[int]], parts: list[list[float]]) -> lis
         for index, score in zip(group, scores, strict=True):
             out[index] = score
     return out
+
+
+def indexed_scores(
+    backend: RemoteBackend, url: str, entries: list[Any], count: int, score_key: str, what: tuple[str, str]
+) -> dict[int, float]:
+    """``{index: score}`` from entries ``{"index", score_key}``: exactly one per text, each index an integer
+    (a JSON ``true`` is not one) in range and given once; anything else is the endpoint misbehaving.
+    ``what``: how the endpoint's entries and the texts are called in messages."""
+    entry, texts = what
+    scores: dict[int, float] = {}
+    for item in entries:
+        index = item.get("index") if isinstance(item, dict) else None
+        score = as_float(item.get(score_key)) if isinstance(item, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count or score is None:
+            raise backend.unexpected(url, f"bad {entry} entry {quote(item, 80)}")
+        if index in scores:
+            raise backend.unexpected(url, f"index {index} answered twice")
+        scores[index] = score
+    if len(entries) != count:
+        raise backend.unexpected(url, f"{len(entries)} {entry}s for {count} {texts}")
+    return scores
 
 
 def as_float(value: Any) -> float | None:

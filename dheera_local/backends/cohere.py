@@ -12,9 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy
-from ._remote import RemoteBackend, as_float, group_by_limits, probability_to_logit
+from ._remote import RemoteBackend, group_by_limits, indexed_scores, probability_to_logit
 
 DOCUMENTS_PER_REQUEST = 1000
 
@@ -75,13 +74,5 @@ class CohereBackend(RemoteBackend):
             results = body.get("results", body.get("data"))
         if not isinstance(results, list):
             raise self.unexpected(self.url, "expected an object with a results (or data) array")
-        scores: dict[int, float] = {}
-        for item in results:
-            index = item.get("index") if isinstance(item, dict) else None
-            score = as_float(item.get("relevance_score")) if isinstance(item, dict) else None
-            if not isinstance(index, int) or not 0 <= index < count or score is None:
-                raise self.unexpected(self.url, f"bad result entry {quote(item, 80)}")
-            scores[index] = probability_to_logit(score)
-        if len(scores) != count:
-            raise self.unexpected(self.url, f"{len(scores)} results for {count} documents")
-        return [scores[i] for i in range(count)]
+        scores = indexed_scores(self, self.url, results, count, "relevance_score", ("result", "documents"))
+        return [probability_to_logit(scores[i]) for i in range(count)]

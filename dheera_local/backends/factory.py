@@ -19,7 +19,7 @@ from .._settings import Settings
 from ._http import HttpClients, RetryPolicy
 from .base import Backend
 from .cohere import CohereBackend, is_cohere_api
-from .hf_hosted import HFHostedBackend
+from .hf_hosted import HFHostedBackend, is_hf_host
 from .local import SHARED_MODELS, LocalBackend, ModelStore
 from .tei import EndpointLimits, TEIBackend
 
@@ -86,9 +86,12 @@ class Backends:
         self, hub_id: str, api_key: SecretStr | None, timeout: float | None, url: str | None = None
     ) -> HFHostedBackend:
         """Text classification for ``hub_id``: at ``url`` (an Inference Endpoint), else on HF hosted
-        inference (the settings' URL); the token is ``api_key``, else the settings' HF token."""
-        token = api_key if api_key is not None else self.settings.hf_token
+        inference (the settings' URL); the token is ``api_key``, else the settings' HF token when ``url`` is
+        HuggingFace's (:func:`is_hf_host`): another server is not sent a token it was not made for."""
         url = url or f"{self.settings.hf_inference_url}/models/{hub_id}"
+        token = api_key
+        if token is None and is_hf_host(url, self.settings.hf_inference_url):
+            token = self.settings.hf_token  # the environment's token goes to HuggingFace only
         return HFHostedBackend(url, self.clients, self.policy, token, timeout)
 
     def cohere(self, api_base: str, model: str, api_key: SecretStr | None, timeout: float | None) -> CohereBackend:

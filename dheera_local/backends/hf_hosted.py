@@ -5,12 +5,14 @@
 "top_k": 3}}`` answers raw logits as ``[{label, score}]``
 or ``[[{label, score}], ...]`` (one list per input), in input order. ``base`` defaults to
 ``https://router.huggingface.co/hf-inference`` (the settings' ``hf_inference_url``, from
-``DHEERA_HF_INFERENCE_URL``). The token is ``api_key``, else the settings' ``hf_token``.
+``DHEERA_HF_INFERENCE_URL``). The token is ``api_key``, else the settings' ``hf_token`` for
+HuggingFace's own hosts only (:func:`is_hf_host`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -18,10 +20,22 @@ from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy
 from ._remote import RemoteBackend, as_float, group_by_limits
 
+# HuggingFace's own hosts over https: the hub and router, and dedicated Inference Endpoints.
+HF_DOMAINS = ("huggingface.co", "endpoints.huggingface.cloud")
 PAIRS_PER_REQUEST = 32
 # Labels asked for per pair. Without top_k the pipeline answers only the best label, which for a
 # two-label head is not enough to compute the log-odds; 3 also exposes a head that is no reranker.
 LABELS_PER_PAIR = 3
+
+
+def is_hf_host(url: str, inference_url: str) -> bool:
+    """True where ``HF_TOKEN`` belongs: the configured hosted inference URL's host (scheme and port
+    included), or https on HuggingFace's domains (``HF_DOMAINS`` and their sub-domains)."""
+    parts, configured = urlsplit(url), urlsplit(inference_url)
+    if (parts.scheme, parts.netloc) == (configured.scheme, configured.netloc):
+        return True
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" and any(host == d or host.endswith("." + d) for d in HF_DOMAINS)
 
 
 class HFHostedBackend(RemoteBackend):
@@ -72,7 +86,10 @@ class HFHostedBackend(RemoteBackend):
             score = as_float(label.get("score")) if isinstance(label, dict) else None
             if score is None:
                 raise self.unexpected(self.url, f"bad label entry {quote(label, 80)}")
-            scores[str(label.get("label", ""))] = score
+            name = str(label.get("label", ""))
+            if name in scores:
+                raise self.unexpected(self.url, f"label {quote(name, 80)!r} answered twice for one pair")
+            scores[name] = score
         if len(scores) == 1:
             return next(iter(scores.values()))
         if len(scores) == 2:

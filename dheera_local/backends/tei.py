@@ -15,9 +15,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from .._errors import RemoteBackendError
-from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy, asend, send
-from ._remote import RemoteBackend, as_float, group_by_limits
+from ._remote import RemoteBackend, group_by_limits, indexed_scores
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 32
 INFO_TIMEOUT = 10.0
@@ -109,13 +108,5 @@ class TEIBackend(RemoteBackend):
         url = self.base + "/rerank"
         if not isinstance(body, list):
             raise self.unexpected(url, f"expected a JSON array of {{index, score}}, got {type(body).__name__}")
-        scores: dict[int, float] = {}
-        for item in body:
-            index = item.get("index") if isinstance(item, dict) else None
-            score = as_float(item.get("score")) if isinstance(item, dict) else None
-            if not isinstance(index, int) or not 0 <= index < count or score is None:
-                raise self.unexpected(url, f"bad rank entry {quote(item, 80)}")
-            scores[index] = score
-        if len(scores) != count:
-            raise self.unexpected(url, f"{len(scores)} scores for {count} texts")
+        scores = indexed_scores(self, url, body, count, "score", ("rank", "texts"))
         return [scores[i] for i in range(count)]

@@ -41,7 +41,7 @@ from pydantic import (
 
 from .._errors import ConfigError
 from .._options import config_fields, option_check
-from .._secrets import register
+from .._secrets import clean_key, register
 
 logger = logging.getLogger("dheera_local.server")
 
@@ -70,7 +70,9 @@ def _check_option(value: Any, info: ValidationInfo) -> Any:
     """The option's own check (``dheera_local._options``), so config.yaml and ``rerank()`` agree; the
     value stays as written (the registry passes it to ``rerank()``)."""
     if value is not None:
-        option_check(info.field_name)(value, info.field_name)
+        checked = option_check(info.field_name)(value, info.field_name)
+        if info.field_name == "api_key":
+            return checked  # the key as it will be sent: surrounding whitespace stripped
     return value
 
 
@@ -111,9 +113,11 @@ class GeneralSettings(_Section):
     @field_validator("master_key")
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # Stripped like every key (a key file's trailing newline would otherwise lock every client out:
+        # clients' bearer tokens are stripped too); a control character inside is refused.
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty (omit it to run without auth on loopback)")
-        return value
+        return None if value is None else SecretStr(clean_key(value.get_secret_value(), "master_key"))
 
 
 class ServerConfig(_Section):
@@ -158,11 +162,19 @@ def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str
     try:
         config = ServerConfig.model_validate({**data, "source": source, "params_keys": params_keys})
     except ValidationError as exc:
-        raise _config_error(exc, source, params_keys) from None
+        error = _config_error(exc, source, params_keys)
+    else:
+        error = None
+    if error is not None:  # raised outside the except: pydantic's error, which quotes the values, is no __context__
+        raise error
     _check_unique_names(config)
     _check_limits(config)
     if config.master_key is None and env.get(MASTER_KEY_ENV, "").strip():
-        settings = config.general_settings.model_copy(update={"master_key": SecretStr(env[MASTER_KEY_ENV])})
+        try:
+            key = clean_key(env[MASTER_KEY_ENV], MASTER_KEY_ENV)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}", path=MASTER_KEY_ENV) from None
+        settings = config.general_settings.model_copy(update={"master_key": SecretStr(key)})
         config = config.model_copy(update={"general_settings": settings})
     _register_secrets(config)
     return config

@@ -14,8 +14,9 @@ dheera_batch_pairs / dheera_batch_requests      histograms: pairs and requests m
 dheera_batch_rejected_total{model}              requests the full queue refused (answered 429)
 ==============================================  =========================================================
 
-``model`` is the configured ``model_name`` (the batchers': ``model_id on device``); ``route`` the route's
-template (``/models/{model_name}/rerank``), so label values stay few whatever clients send.
+``model`` is the configured ``model_name`` (the batchers': ``hub id on device``, a model folder by its name,
+never its path); ``route`` the route's template (``/models/{model_name}/rerank``), so label values stay few
+whatever clients send.
 
 Like TEI's and infinity's, the endpoint is open by default: scrapers rarely carry keys, and it holds
 counts and configured names, never a body, a query or a key. ``general_settings.metrics_require_auth:

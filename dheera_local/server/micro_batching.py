@@ -29,6 +29,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .._errors import BackendError, LocalBackendError, OverloadedError, ShuttingDownError
@@ -92,7 +93,7 @@ class MicroBatcher:
         self.backend = backend
         self.max_queue_pairs = max_queue_pairs
         self.max_batch_pairs = max_batch_pairs
-        self.label = f"{backend.weights.model_id} on {backend.device}"
+        self.label = f"{public_id(backend.weights.model_id)} on {backend.device}"
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._stats = BatcherStats()
@@ -265,6 +266,12 @@ class MicroBatcher:
                 job.future.set_exception(LocalBackendError(f"{self.label}: {reason}"))
 
 
+def public_id(model_id: str) -> str:
+    """What the metrics (open without a key) may show of a model: a hub id, or a folder's name, never
+    the path to it on this machine."""
+    return Path(model_id).name if Path(model_id).is_absolute() else model_id
+
+
 def _as_backend_error(label: str, exc: Exception) -> BackendError:
     if isinstance(exc, BackendError):
         return exc
@@ -314,6 +321,10 @@ class BatcherPool:
         out: dict[str, dict[str, int]] = {}
         for key, batcher in batchers:
             label = batcher.label if batcher.label not in out else f"{batcher.label} max_length={key[4]}"
+            base, copy = label, 1
+            while label in out:  # two folders of one name
+                copy += 1
+                label = f"{base} #{copy}"
             out[label] = batcher.stats()
         return out
 

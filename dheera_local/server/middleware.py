@@ -3,7 +3,8 @@
 :class:`RequestContext` (outermost) gives every request an ``x-request-id`` (the client's, when
 it is a plain token, else a new one), answers any exception that escaped the routes with a
 JSON 500 instead of a traceback, and logs one line: id, method, path, status, time, and what the
-route recorded (model, backend, cache hits, documents). Never a body, a header or a query string.
+route recorded (model, backend, cache hits, documents). Never a body, a header or a query string;
+control characters in what the client chose (the path, the model name) are escaped, so one request is one line.
 
 :class:`BodyLimit` answers 413 when ``Content-Length`` exceeds the limit, before reading a byte,
 and also counts a streamed (chunked) body as it arrives, so a body without ``Content-Length``
@@ -21,7 +22,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._secrets import mask
+from .._secrets import escape_controls, mask
 from .errors import ApiError, NotReadyError, api_error
 
 logger = logging.getLogger("dheera_local.server")
@@ -94,9 +95,14 @@ def _log(scope: Scope, request_id: str, status: int, seconds: float) -> None:
     fields: dict[str, Any] = scope.get("state", {}).get("log") or {}
     _count(scope, status, seconds, fields)
     extra = "".join(f" {name}={fields[name]}" for name in LOG_FIELDS if fields.get(name) is not None)
-    path = mask(scope.get("path", ""))
+    # The path (percent-decoded: %0a is a newline) and the model name are the client's: one line, masked.
+    path, method = _loggable(scope.get("path", "")), _loggable(scope.get("method", ""))
     level = logging.WARNING if status >= 500 else logging.INFO
-    logger.log(level, "%s %s %s %d %.1fms%s", request_id, scope.get("method", ""), path, status, seconds * 1000, extra)
+    logger.log(level, "%s %s %s %d %.1fms%s", request_id, method, path, status, seconds * 1000, _loggable(extra))
+
+
+def _loggable(value: str) -> str:
+    return escape_controls(mask(value))
 
 
 def _count(scope: Scope, status: int, seconds: float, fields: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .._errors import ConfigError, DheeraError
+from .._secrets import install as install_masking
 from .app import create_app
 from .config import load_config
 from .state import ServerState
@@ -103,6 +104,8 @@ def _show_request_log() -> None:
     # serve() owns its process: make the one-line-per-request log visible unless told otherwise.
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        install_masking(handler)  # records of every logger (uvicorn's, httpx's): secrets masked, one line each
     server_logger = logging.getLogger("dheera_local.server")
     if server_logger.getEffectiveLevel() > logging.INFO:
         server_logger.setLevel(logging.INFO)
