@@ -21,7 +21,9 @@ import pytest
 
 # Set by libraries for their own worker processes during a run (torch's inductor names its cache folder
 # under /tmp so its compile workers share it; ray, tokenizers likewise): not the user's settings.
-THIRD_PARTY_VARIABLES = frozenset({"TOKENIZERS_PARALLELISM", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"})
+THIRD_PARTY_VARIABLES = frozenset({
+    "TOKENIZERS_PARALLELISM", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "CUDA_MODULE_LOADING",
+})  # fmt: skip
 THIRD_PARTY_PREFIXES = ("RAY_", "PYTEST_", "TORCHINDUCTOR_", "TRITON_")
 MAX_LISTED = 10
 

@@ -163,7 +163,7 @@ def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str
     try:
         config = ServerConfig.model_validate({**data, "source": source, "params_keys": params_keys})
     except ValidationError as exc:
-        # A value left as written for an unset variable fails its type too: the variable is the clue.
+        # An unset variable's None may fail its field too (a required one): the variable is the clue.
         unset = {path for path, _ in problems}
         problems += [p for p in _validation_problems(exc, params_keys) if p[0] not in unset]
         raise _config_error(problems, source) from None
@@ -230,8 +230,8 @@ def _leave_out_unneeded_keys(data: dict[str, Any], problems: list[Problem], sour
                 continue
             problems.remove(unset)
             del params["api_key"]
-            logger.warning("%s: %s: %s; left out: this entry has no api_base of its own, so nothing needs it "
-                           "at startup (a HuggingFace hosted call uses HF_TOKEN or the saved login)",
+            logger.warning("%s: %s: %s; left out, as this entry never sends it to an endpoint of its own (a "
+                           "HuggingFace hosted call uses HF_TOKEN or the saved login instead)",
                            source, path, unset[1].split(" (", 1)[0])  # fmt: skip
 
 
