@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-# Set by libraries for their own worker processes during a run (torch's inductor names its cache folder
-# under /tmp so its compile workers share it; ray, tokenizers likewise): not the user's settings.
+# Set by libraries during a run for their own processes, not by our code or tests: torch's inductor names its
+# cache folder under /tmp so its compile workers share it, ray.init() points PYTHONBREAKPOINT at its debugger,
+# sentence-transformers quiets codecarbon on import, CUDA's lazy loading.
 THIRD_PARTY_VARIABLES = frozenset({
-    "TOKENIZERS_PARALLELISM", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "CUDA_MODULE_LOADING",
+    "TOKENIZERS_PARALLELISM", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "CUDA_MODULE_LOADING", "PYTHONBREAKPOINT",
+    "CODECARBON_LOG_LEVEL",
 })  # fmt: skip
 THIRD_PARTY_PREFIXES = ("RAY_", "PYTEST_", "TORCHINDUCTOR_", "TRITON_")
 MAX_LISTED = 10
