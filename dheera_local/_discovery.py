@@ -10,6 +10,7 @@ so scores from different weights never mix.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -165,3 +166,23 @@ def cached_models(hub_cache: Path) -> list[CachedModel]:
         sizes = {revision.commit_hash: revision.size_on_disk for revision in repo.revisions}
         found.append(CachedModel(repo.repo_id, weights.revision, sizes.get(weights.revision, 0), weights.path))
     return sorted(found, key=lambda model: model.hub_id.lower())
+
+
+# How alike a hub id must be to a known one to be suggested (difflib's ratio): a typo or a version off by
+# one, not a sibling model (bge-reranker-base vs -large is 0.8).
+SUGGEST_CUTOFF = 0.88
+
+
+def did_you_mean(hub_id: str, hub_cache: Path) -> str:
+    """`` Did you mean ORG/NAME?`` for a hub id close to a cross-encoder of models.txt or to a model in the hub
+    cache (a misspelling, a wrong case), else ``""``."""
+    from ._catalog import known_models
+
+    names = {model.hub_id for model in known_models().values() if model.kind == "cross-encoder"}
+    try:
+        names |= {d.name[len("models--") :].replace("--", "/", 1) for d in hub_cache.glob("models--*--*")}
+    except OSError:  # an unreadable cache: suggest from models.txt alone
+        pass
+    by_lower = {name.lower(): name for name in names if name != hub_id}
+    close = difflib.get_close_matches(hub_id.lower(), list(by_lower), n=1, cutoff=SUGGEST_CUTOFF)
+    return f" Did you mean {by_lower[close[0]]}?" if close else ""

@@ -15,12 +15,14 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ._cache import SHARED_CACHES, CacheStore, KeyMaker, ScoreCache
 from ._chunking import ChunkSettings, TokenCounter, document_windows
+from ._discovery import did_you_mean
 from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
 from ._model_ref import parse_model
 from ._options import RerankOptions, build_options
@@ -269,7 +271,7 @@ class Reranker:
             work.backend = backend
             work.store(index, misses, logits)
             return
-        raise _all_failed(work)
+        raise _all_failed(work, self.settings.hub_cache)
 
     async def _afill(self, work: _Work) -> None:
         misses = work.misses
@@ -284,7 +286,7 @@ class Reranker:
             work.backend = backend
             await asyncio.to_thread(work.store, index, misses, logits)
             return
-        raise _all_failed(work)
+        raise _all_failed(work, self.settings.hub_cache)
 
     def _prepared_quickly(self, request: RerankRequest, plan: Plan) -> bool:
         """True when preparing ``request`` does no slow first-time work (open a cache, load a model or
@@ -325,11 +327,13 @@ def _record_failure(work: _Work, backend: Backend, exc: BackendError) -> None:
         logger.warning("%s backend failed (%s); falling back to %s", backend.name, exc, remaining[0].name)
 
 
-def _all_failed(work: _Work) -> AllBackendsFailedError:
+def _all_failed(work: _Work, hub_cache: Path) -> AllBackendsFailedError:
     tried = "; ".join(f"{name}: {error}" for name, error in work.failures)
     model = work.plan.identity.model_id
-    if work.plan.local is None and work.plan.identity.revision == "remote" and "/" in model and "#" not in model:
+    hosted_only = all(name == "hf_hosted" for name, _ in work.failures)  # not an api_base of the caller's
+    if hosted_only and work.plan.local is None and work.plan.identity.revision == "remote" and "/" in model:
         hint = (
+            f"No weights for {model} on this machine either (searched {hub_cache}).{did_you_mean(model, hub_cache)} "
             f"Fix: run `dheera-local pull {model}` while online to score locally, "
             "check HF_TOKEN / api_key, or pass api_base for your own endpoint"
         )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ._catalog import check_cross_encoder
-from ._discovery import LocalWeights, find_in_hub_cache, missing_files
+from ._discovery import LocalWeights, did_you_mean, find_in_hub_cache, missing_files
 from ._errors import ModelNotAvailableError
 from ._model_ref import ModelKind, parse_model
 from ._secrets import quote
 from ._settings import Settings
+
+logger = logging.getLogger("dheera_local")
 
 # What the local backend reads; ONNX/OpenVINO exports and training files stay on the hub.
 _ALWAYS = ["*.json", "*.txt", "*.model", "*.tiktoken"]
@@ -27,7 +30,7 @@ def _weight_patterns(files: list[str]) -> list[str]:
 def offline_hint(hub_id: str, hub_cache: Path) -> str:
     """How to provide weights without network, in one sentence."""
     return (
-        f"to provide them offline, copy a snapshot of {hub_id} into {hub_cache} "
+        f"To provide them offline, copy a snapshot of {hub_id} into {hub_cache} "
         "(models--ORG--NAME/snapshots/<rev>/ plus refs/main), or pass a local model folder as the model"
     )
 
@@ -56,11 +59,16 @@ def pull(model: str, settings: Settings, revision: str | None = None) -> LocalWe
     hub_id = ref.hub_id
     check_cross_encoder(hub_id)
     hint = offline_hint(hub_id, settings.hub_cache)
-    if settings.hub_offline:
-        raise ModelNotAvailableError(f"cannot download {hub_id}: HF_HUB_OFFLINE is set; {hint}")
-    unreachable = _hub_unreachable()
-    if unreachable:
-        raise ModelNotAvailableError(f"cannot download {hub_id}: {unreachable}; {hint}")
+    offline = "HF_HUB_OFFLINE is set" if settings.hub_offline else _hub_unreachable()
+    if offline:
+        here = find_in_hub_cache(hub_id, settings.hub_cache)
+        if here is not None:  # nothing to copy in: say it is here, and that no newer revision was looked for
+            logger.warning("%s is already on this machine; not checked for a newer revision (%s)", hub_id, offline)
+            return here
+        suggestion = did_you_mean(hub_id, settings.hub_cache)
+        raise ModelNotAvailableError(
+            f"cannot download {hub_id}: {offline}, and it is not in {settings.hub_cache} either.{suggestion} {hint}"
+        )
     try:
         from huggingface_hub import HfApi, snapshot_download
 
@@ -70,7 +78,8 @@ def pull(model: str, settings: Settings, revision: str | None = None) -> LocalWe
         folder = snapshot_download(hub_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
     except Exception as exc:  # huggingface_hub and httpx raise many types; all mean "not downloaded"
         reason = quote(" ".join(str(exc).split()), 200) or type(exc).__name__
-        raise ModelNotAvailableError(f"cannot download {hub_id} ({reason}); {hint}") from exc
+        suggestion = did_you_mean(hub_id, settings.hub_cache)
+        raise ModelNotAvailableError(f"cannot download {hub_id} ({reason}).{suggestion} {hint}") from exc
     weights = find_in_hub_cache(hub_id, settings.hub_cache)
     if weights is None:
         lacking = ", ".join(missing_files(Path(folder)))

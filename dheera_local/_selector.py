@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ._cache import ModelIdentity
 from ._catalog import check_cross_encoder, lookup
-from ._discovery import LocalWeights, configured_max_length, find_local_weights
+from ._discovery import LocalWeights, configured_max_length, did_you_mean, find_local_weights
 from ._errors import InvalidRequestError, ModelNotAvailableError
 from ._llm_templates import resolve_prompt, template_for_folder, template_for_name
 from ._model_ref import HF_PREFIX, ModelKind, ModelRef
@@ -180,14 +180,16 @@ def _not_available_message(ref: ModelRef, options: RerankOptions, settings: Sett
     if ref.kind is ModelKind.PATH:
         return f"model folder {ref.path} cannot be served remotely; use backend='local' or 'auto'"
     where = settings.hub_cache
+    suggestion = did_you_mean(ref.hub_id, where) if ref.hub_id else ""
     if options.backend == "local":
         return (
-            f"{ref.hub_id}: no weights on this machine (looked in {where}). Fix: run "
+            f"{ref.hub_id}: no weights on this machine (looked in {where}).{suggestion} Fix: run "
             f"`dheera-local pull {ref.hub_id}` while online, or copy a snapshot into that cache (HF_HOME), "
             "or pass a local model folder as model"
         )
     return (
         f"{ref.hub_id}: no weights on this machine (looked in {where}) and HF_HUB_OFFLINE forbids the "
-        f"HuggingFace hosted API. Fix: run `dheera-local pull {ref.hub_id}` while online, unset HF_HUB_OFFLINE "
+        f"HuggingFace hosted API.{suggestion} Fix: run `dheera-local pull {ref.hub_id}` while online, "
+        "unset HF_HUB_OFFLINE "
         "and set HF_TOKEN, or pass api_base for your own endpoint"
     )

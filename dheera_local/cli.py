@@ -254,11 +254,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{'MODEL':<{width}}  {'KIND':<13} {'MAX_LEN':>7} {'PARAMS':>6}  {'LICENSE':<10} {'SIZE':>8}  LOCAL WEIGHTS")
     for row in rows:
         shown = {name: row[name] or "-" for name in ("kind", "max_length", "params", "license")}
-        where = f"{row['path']} ({row['revision'][:12]})" if row["path"] else f"no (dheera-local pull {row['model']})"
+        where = f"{row['path']} ({row['revision'][:12]})" if row["path"] else _how_to_get(row)
         size = f"{row['size_bytes'] / 1e6:.0f} MB" if row["size_bytes"] else "-"
         columns = f"{shown['kind']:<13} {shown['max_length']:>7} {shown['params']:>6}  {shown['license']:<10}"
         print(f"{row['model']:<{width}}  {columns} {size:>8}  {where}")
     return 0
+
+
+def _how_to_get(row: dict[str, Any]) -> str:
+    if row["kind"] != "cross-encoder":  # pull refuses it: suggesting it would send the user into an error
+        return f"no (not supported yet: {row['kind']})"
+    return f"no (dheera-local pull {row['model']})"
 
 
 def _model_rows() -> list[dict[str, Any]]:

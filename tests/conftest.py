@@ -17,6 +17,9 @@ from dheera_local import Reranker, testing
 from dheera_local._runtime import close_default
 from loopback import FAST, Servers
 
+# isolation_guard: the run fails if a test changes os.environ, ~/.cache/dheera_local or the real hub cache.
+pytest_plugins = ["pytester", "isolation_guard"]
+
 # The seed docs' example query and documents.
 SEED_QUERY = "What is the capital of the United States?"
 SEED_DOCUMENTS = [

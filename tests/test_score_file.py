@@ -308,11 +308,13 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_only(
     tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = write_jsonl(tmp_path / "pairs.jsonl", make_rows(400, seed=4))
+    captured = sys.stderr
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert score("--model", tiny_bert, "--input", source, "--output", tmp_path / "a.jsonl", "--chunk-size", "50") == 0
     shown = terminal.getvalue()
-    assert "400/400" in shown and "pair/s" in shown and "<00:00" in shown  # done, rate, ETA
+    assert "400/400" in shown and "pairs/s" in shown and "<00:00" in shown  # done, rate, ETA
+    assert "400.0" not in shown and "s/pair" not in shown  # counts as integers, the rate never inverted
     assert "scored 400 pairs into" in shown
 
     quiet = _Terminal()
@@ -320,7 +322,8 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_only(
     assert score("--model", tiny_bert, "--input", source, "--output", tmp_path / "b.jsonl", "-q") == 0
     assert quiet.getvalue() == ""
 
-    monkeypatch.undo()
+    # Not monkeypatch.undo(): that would also undo the autouse isolation (caches, HF_HOME) for the run below.
+    monkeypatch.setattr(sys, "stderr", captured)
     assert score("--model", tiny_bert, "--input", source, "--output", tmp_path / "c.jsonl") == 0
     not_a_terminal = capsys.readouterr().err
     assert "pair/s" not in not_a_terminal and "scored 400 pairs into" in not_a_terminal

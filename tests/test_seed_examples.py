@@ -1,4 +1,4 @@
-"""The seed docs' SDK examples, run as written (model names, tokens and all) after `import ... as dheera_ai`.
+"""The seed docs' SDK examples, run as written (model names, tokens and all), imports included: `import dheera_ai`.
 
 The seed names huggingface/BAAI/bge-reranker-base: here it is served by a tiny model, either from a
 local HF cache entry under that id, or by a loopback HF hosted / TEI endpoint.
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import dheera_local as dheera_ai
+import dheera_ai
+import dheera_local
 from conftest import SEED_DOCUMENTS, SEED_QUERY
 from dheera_local.testing import install_in_hub_cache
 from loopback import Servers, reference_logits, sigmoid
@@ -57,9 +58,11 @@ def test_basic_usage_served_locally_when_the_weights_are_here(
 
 
 def test_custom_endpoint_usage(tiny_bert: Path) -> None:
+    from dheera_ai import rerank  # the form the seed's config section names
+
     with Servers() as servers:
         endpoint = servers.tei(tiny_bert, token="test_api_key")
-        response = dheera_ai.rerank(
+        response = rerank(
             model="huggingface/BAAI/bge-reranker-base",
             query="hello",
             documents=["hello", "world"],
@@ -98,3 +101,14 @@ def test_a_wrong_token_fails_with_a_message_that_does_not_leak_it(
                 "huggingface/BAAI/bge-reranker-base", SEED_QUERY, SEED_DOCUMENTS, api_key="hf_wrong_secret"
             )
     assert "401" in str(caught.value) and "hf_wrong_secret" not in str(caught.value)
+
+
+def test_dheera_ai_is_dheera_local_under_the_seed_name() -> None:
+    from dheera_ai import AllBackendsFailedError, RerankResponse, arerank, rerank
+
+    assert rerank is dheera_local.rerank and arerank is dheera_local.arerank
+    assert RerankResponse is dheera_local.RerankResponse  # one class: isinstance works across both names
+    assert AllBackendsFailedError is dheera_local.AllBackendsFailedError
+    assert dheera_ai.__version__ == dheera_local.__version__ and set(dheera_ai.__all__) == set(dheera_local.__all__)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        dheera_ai.no_such_name  # noqa: B018

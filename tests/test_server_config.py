@@ -101,12 +101,66 @@ def test_os_environ_works_for_any_value(tiny_bert: Path) -> None:
     assert config.general_settings.max_documents_per_request == 12
 
 
-def test_an_unset_environment_variable_is_named(tmp_path: Path) -> None:
+def test_an_unset_key_that_the_route_never_needs_warns_and_startup_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="dheera_local.server"):
+        config = load_config(write(tmp_path, SEED_CONFIG))  # HF_TOKEN is unset in tests
+    first, second, custom = (entry.dheera_ai_params for entry in config.model_list)
+    assert first.api_key is None and second.api_key is None  # left out: the hosted fallback finds its own token
+    assert custom.api_key is not None  # written literally: untouched
+    for index in (0, 1):
+        assert f"model_list[{index}].dheera_ai_params.api_key: environment variable HF_TOKEN is not set" in caplog.text
+    local_only = one({"model": "tiny-org/tiny-bert-reranker", "backend": "local", "api_base": "http://x:1",
+                      "api_key": "os.environ/NOT_SET_KEY"})  # fmt: skip
+    assert parse_config(local_only).model_list[0].dheera_ai_params.api_key is None
+
+
+def test_an_unset_key_for_an_entrys_own_endpoint_stops_startup_naming_the_variable() -> None:
+    data = {"model_list": [entry({"model": "huggingface/a/b", "api_base": "http://x:1", "api_key": "os.environ/K1"},
+                                 key="litellm_params")]}  # fmt: skip
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, SEED_CONFIG))  # HF_TOKEN is unset in tests
+        parse_config(data, source="config.yaml")
+    path = "model_list[0].litellm_params.api_key"
+    assert str(info.value) == (
+        f"config.yaml: {path}: environment variable K1 is not set (the config says os.environ/K1); "
+        "export K1 or change the value"
+    )
+    assert info.value.path == path
+
+
+def test_every_problem_of_a_config_comes_in_one_report() -> None:
+    data = {
+        "model_list": [
+            entry({"model": "a/b", "api_base": "os.environ/UNSET_BASE"}),
+            entry({"model": "c/d", "backend": "gpu", "max_length": "os.environ/UNSET_LEN"}, name="n"),
+            {"model_name": "x"},
+        ],
+        "general_settings": {"master_key": "os.environ/UNSET_PROXY_KEY", "max_queue_pair": 3},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="config.yaml")
+    lines = str(info.value).splitlines()
+    assert lines[0] == "config.yaml: 6 problems:"
+    assert sorted(line.split(": ", 1)[0].strip() for line in lines[1:]) == sorted([
+        f"{P0}.api_base", "model_list[1].dheera_ai_params.max_length", "general_settings.master_key",
+        "model_list[1].dheera_ai_params.backend", "model_list[2].dheera_ai_params", "general_settings.max_queue_pair",
+    ])  # fmt: skip
+    assert "UNSET_BASE is not set" in str(info.value) and "UNSET_PROXY_KEY is not set" in str(info.value)
+    assert "UNSET_LEN is not set" in str(info.value) and "integer" not in str(info.value)  # the variable, not its type
+    assert info.value.path == f"{P0}.api_base"
+
+
+def test_duplicate_names_and_limits_come_in_one_report() -> None:
+    data = {"model_list": [GOOD, GOOD, GOOD], "general_settings": {"max_documents_per_request": 50,
+                                                                     "max_queue_pairs": 10}}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="config.yaml")
     message = str(info.value)
-    assert "HF_TOKEN" in message and "model_list[0].dheera_ai_params.api_key" in message
-    assert info.value.path == "model_list[0].dheera_ai_params.api_key"
+    assert message.startswith("config.yaml: 3 problems:")
+    for path in ("model_list[1].model_name", "model_list[2].model_name", "general_settings.max_documents_per_request"):
+        assert f"\n  {path}: " in message
+    assert "already the name of model_list[0]" in message
 
 
 def entry(params: dict[str, Any], key: str = "dheera_ai_params", name: str = "m") -> dict[str, Any]:
@@ -180,6 +234,18 @@ def test_a_model_that_can_never_be_served_stops_startup(params: dict[str, Any], 
     assert str(info.value).startswith(f"config.yaml: {path}: ") and hint in str(info.value)
 
 
+def test_every_model_that_can_never_be_served_comes_in_one_report() -> None:
+    data = {"model_list": [entry({"model": "rerank-english-v3.0"}), GOOD,
+                           entry({"model": "tiny-org/tiny-bert-reranker", "dtype": "float8"}, name="n")]}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        create_app(parse_config(data, source="config.yaml"))
+    lines = str(info.value).splitlines()
+    assert lines[0] == "config.yaml: 2 problems:"
+    assert lines[1].startswith(f"  {P0}.model: ") and "api_base" in lines[1]
+    assert lines[2].startswith("  model_list[2].dheera_ai_params.dtype: ") and "float8" in lines[2]
+    assert info.value.path == f"{P0}.model"
+
+
 def test_bind_rules() -> None:
     assert bind_host(None, authenticated=False, allow_unauthenticated=False) == "127.0.0.1"
     assert bind_host(None, authenticated=True, allow_unauthenticated=False) == "0.0.0.0"
@@ -203,3 +269,25 @@ def test_cli_refuses_a_public_host_without_a_master_key(
     path = write(tmp_path, f"model_list:\n  - model_name: a\n    dheera_ai_params: {{model: {tiny_bert}}}\n")
     assert cli.main(["serve", "--config", str(path), "--host", "0.0.0.0", "--port", "1"]) == 1
     assert "--allow-unauthenticated" in capsys.readouterr().err
+
+
+def readme_proxy_config() -> str:
+    """The config.yaml of the README's "Proxy server" section, as printed there."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Proxy server\n", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_config_starts_as_written_on_a_cpu_machine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi.testclient import TestClient
+
+    # No HF_TOKEN, PROXY_KEY or DHEERA_AI_API_KEY (conftest removes them), no CUDA in CI, no weights for the model.
+    with caplog.at_level(logging.WARNING, logger="dheera_local.server"):
+        config = load_config(write(tmp_path, readme_proxy_config()))
+    assert "HF_TOKEN is not set" in caplog.text
+    assert [entry.model_name for entry in config.model_list] == ["bge-reranker-base", "custom-reranker"]
+    with TestClient(create_app(config)) as client:
+        assert client.get("/health/readiness").status_code == 200
+        assert client.get("/v1/models").json()["data"][0]["id"] == "bge-reranker-base"

@@ -9,8 +9,10 @@ model are serialized (torch already uses every core); logits are upcast to fp32 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -30,6 +32,37 @@ QUERY_CUT_MARGIN = 8
 PROBE_MAX_LENGTH = 128
 
 
+_quiet_lock = threading.Lock()
+_quiet_loads = 0  # loads running under _no_weight_loading_bar
+_bar_setting = True  # transformers' setting before the first of them
+
+
+@contextlib.contextmanager
+def _no_weight_loading_bar() -> Iterator[None]:
+    """Without transformers' ``Loading weights`` bar, which would print on every SDK, async or LangChain call
+    that loads a model, and in the server's log. Only transformers' own flag, only for this load, put back
+    after: a library does not change its host's settings (its public toggle would switch huggingface_hub's
+    download bars off too, and for good)."""
+    from transformers.utils import logging as transformers_logging
+
+    if not hasattr(transformers_logging, "_tqdm_active"):  # a transformers without the flag: leave it be
+        yield
+        return
+    global _quiet_loads, _bar_setting
+    with _quiet_lock:  # loads may overlap (one per model): the first in saves the setting, the last out restores it
+        if _quiet_loads == 0:
+            _bar_setting = transformers_logging._tqdm_active
+            transformers_logging._tqdm_active = False
+        _quiet_loads += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_loads -= 1
+            if _quiet_loads == 0:
+                transformers_logging._tqdm_active = _bar_setting
+
+
 class LocalModel:
     """A loaded cross-encoder. ``logits`` is thread-safe; forward passes run one at a time."""
 
@@ -41,7 +74,8 @@ class LocalModel:
         self.device = device
         self.dtype = dtype
         try:
-            encoder = CrossEncoder(str(weights.path), device=device, local_files_only=True)
+            with _no_weight_loading_bar():
+                encoder = CrossEncoder(str(weights.path), device=device, local_files_only=True)
         except Exception as exc:  # transformers raises many types for a broken folder
             raise LocalBackendError(
                 f"{weights.model_id}: weights at {weights.path} could not be loaded: {exc}"

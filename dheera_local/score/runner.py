@@ -200,8 +200,11 @@ def _progress_bar(job: ScoreJob, in_format: str, start: int) -> Any:
     from tqdm import tqdm
 
     total = count_records(job.input, in_format)
-    return tqdm(total=total, initial=start, unit="pair", unit_scale=True, file=sys.stderr, smoothing=0.1,
-                desc="scoring", dynamic_ncols=True)  # fmt: skip
+    # Whole counts (unit_scale would print 10.0/40.0) and always pairs per second (tqdm inverts a rate
+    # under 1 into s/pair, which reads as a different unit).
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
+    return tqdm(total=total, initial=start, unit=" pairs", file=sys.stderr, smoothing=0.1, desc="scoring",
+                dynamic_ncols=True, bar_format=bar_format)  # fmt: skip
 
 
 def _finish(job: ScoreJob, files: Files, report: ScoreReport) -> None:

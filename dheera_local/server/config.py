@@ -13,10 +13,13 @@
       master_key: os.environ/PROXY_KEY            # else $DHEERA_AI_API_KEY; none: loopback only
       cache_dir: /var/cache/dheera                # and the limits below
 
-Every problem is a :class:`ConfigError` whose message starts with the file and the key path as
-written, e.g. ``config.yaml: model_list[1].litellm_params.model: Field required``; an unset
-``os.environ/VAR`` names the variable. LiteLLM-only settings (``rpm``, ``router_settings``, ...)
-are accepted and ignored with one warning, so a LiteLLM config loads.
+Every problem is reported at once, in one :class:`ConfigError`: one problem is one line starting with the
+file and the key path as written, e.g. ``config.yaml: model_list[1].litellm_params.model: Field required``;
+several are listed one per line under ``config.yaml: N problems:``. An unset ``os.environ/VAR`` names the
+variable; for an entry's ``api_key`` that its route never needs (no ``api_base`` of its own, or
+``backend: local``) it is a warning and the key is left out, so a laptop without ``HF_TOKEN`` still starts
+(the HuggingFace hosted fallback then uses the saved token, if any). LiteLLM-only settings (``rpm``,
+``router_settings``, ...) are accepted and ignored with one warning, so a LiteLLM config loads.
 """
 
 from __future__ import annotations
@@ -157,18 +160,22 @@ def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str
     env = os.environ if environ is None else environ
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with a model_list, got {type(data).__name__}")
-    data = _resolve_env(data, "", env, source)
+    problems: list[Problem] = []
+    data = _resolve_env(data, "", env, problems)
+    _leave_out_unneeded_keys(data, problems, source)
     data, params_keys = _normalize(data, source)
     try:
         config = ServerConfig.model_validate({**data, "source": source, "params_keys": params_keys})
     except ValidationError as exc:
-        error = _config_error(exc, source, params_keys)
-    else:
-        error = None
-    if error is not None:  # raised outside the except: pydantic's error, which quotes the values, is no __context__
-        raise error
-    _check_unique_names(config)
-    _check_limits(config)
+        # An unset variable's None may fail its field too (a required one): the variable is the clue.
+        unset = {path for path, _ in problems}
+        problems += [p for p in _validation_problems(exc, params_keys) if p[0] not in unset]
+        config = None
+    # Raised outside the except: pydantic's error, which quotes the values, must not be the __context__.
+    if config is not None:
+        problems += _duplicate_names(config) + _limit_problems(config)
+    if problems or config is None:
+        raise _config_error(problems, source)
     if config.master_key is None and env.get(MASTER_KEY_ENV, "").strip():
         try:
             key = clean_key(env[MASTER_KEY_ENV], MASTER_KEY_ENV)
@@ -188,23 +195,58 @@ def _register_secrets(config: ServerConfig) -> None:
             register(key.get_secret_value())
 
 
-def _resolve_env(value: Any, path: str, env: Mapping[str, str], source: str) -> Any:
+# (key path, what is wrong there): every problem of a config, reported together.
+Problem = tuple[str, str]
+
+
+def _resolve_env(value: Any, path: str, env: Mapping[str, str], problems: list[Problem]) -> Any:
+    """``os.environ/VAR`` values replaced by the variable's value; an unset or unnamed one is a problem,
+    and None meanwhile, so the rest of the config is still checked (the reference as written would be
+    checked as a value: registered as a secret, or named as the wrong type)."""
     if isinstance(value, dict):
-        return {key: _resolve_env(item, _join(path, str(key)), env, source) for key, item in value.items()}
+        return {key: _resolve_env(item, _join(path, str(key)), env, problems) for key, item in value.items()}
     if isinstance(value, list):
-        return [_resolve_env(item, f"{path}[{index}]", env, source) for index, item in enumerate(value)]
+        return [_resolve_env(item, f"{path}[{index}]", env, problems) for index, item in enumerate(value)]
     if isinstance(value, str) and value.startswith(ENV_PREFIX):
         name = value[len(ENV_PREFIX) :].strip()
         if not name:
-            raise ConfigError(f"{source}: {path}: {value!r} names no variable; write os.environ/NAME", path=path)
+            problems.append((path, f"{value!r} names no variable; write os.environ/NAME"))
+            return None
         if name not in env:
-            raise ConfigError(
-                f"{source}: {path}: environment variable {name} is not set (the config says {value}); "
-                f"export {name} or change the value",
-                path=path,
-            )
+            problems.append((path, _unset_message(name, value)))
+            return None
         return env[name]
     return value
+
+
+def _unset_message(name: str, written: str) -> str:
+    return f"environment variable {name} is not set (the config says {written}); export {name} or change the value"
+
+
+def _leave_out_unneeded_keys(data: dict[str, Any], problems: list[Problem], source: str) -> None:
+    """An entry's ``api_key`` from an unset variable, where its route never needs it, is left out with a
+    warning: a local-only entry never sends it, and without an ``api_base`` of its own the HuggingFace
+    hosted fallback finds a token itself (HF_TOKEN, else the saved login). Only an entry that calls its
+    own endpoint needs its key to start."""
+    entries = data.get("model_list")
+    if not isinstance(entries, list):
+        return
+    for index, entry in enumerate(entries):
+        for params_key in (PARAMS_KEY, PARAMS_ALIAS):
+            params = entry.get(params_key) if isinstance(entry, dict) else None
+            path = f"model_list[{index}].{params_key}.api_key"
+            unset = next((p for p in problems if p[0] == path), None)
+            if not isinstance(params, dict) or unset is None or _calls_own_endpoint(params):
+                continue
+            problems.remove(unset)
+            del params["api_key"]
+            logger.warning("%s: %s: %s; left out, as this entry never sends it to an endpoint of its own (a "
+                           "HuggingFace hosted call uses HF_TOKEN or the saved login instead)",
+                           source, path, unset[1].split(" (", 1)[0])  # fmt: skip
+
+
+def _calls_own_endpoint(params: dict[str, Any]) -> bool:
+    return bool(params.get("api_base")) and params.get("backend") != "local"
 
 
 def _join(path: str, key: str) -> str:
@@ -262,21 +304,34 @@ _SECTIONS: dict[tuple[str, int], type[BaseModel]] = {
 }
 
 
-def _config_error(exc: ValidationError, source: str, params_keys: tuple[str, ...]) -> ConfigError:
+def _config_error(problems: list[Problem], source: str) -> ConfigError:
+    """One problem: one line, ``source: path: problem``; several: one line each, under a count."""
+    path, problem = problems[0]
+    if len(problems) == 1:
+        return ConfigError(f"{source}: {path}: {problem}", path=path)
+    listed = "".join(f"\n  {where}: {what}" for where, what in problems)
+    return ConfigError(f"{source}: {len(problems)} problems:{listed}", path=path)
+
+
+def _validation_problems(exc: ValidationError, params_keys: tuple[str, ...]) -> list[Problem]:
     errors = exc.errors(include_url=False)
-    # A misspelt key also makes the real one "missing"; the unknown key is the better clue.
-    first = next((error for error in errors if error["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(first["loc"])
+    # A misspelt key also makes the real one "missing" in its section; the unknown key is the better clue.
+    misspelt = {tuple(error["loc"][:-1]) for error in errors if error["type"] == "extra_forbidden"}
+    errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelt)]
+    return [_validation_problem(error, params_keys) for error in errors]
+
+
+def _validation_problem(error: Any, params_keys: tuple[str, ...]) -> Problem:
+    loc = tuple(error["loc"])
     path = _key_path(loc, params_keys) or "(top level)"
-    problem = first["msg"]
-    if first["type"] == "extra_forbidden":
+    problem = error["msg"]
+    if error["type"] == "extra_forbidden":
         section = _SECTIONS.get((str(loc[0]) if len(loc) > 1 else "", len(loc)))
         allowed = [name for name in section.model_fields if name not in ("source", "params_keys")] if section else []
         problem = f"unknown key; expected one of: {', '.join(allowed)}" if allowed else "unknown key"
-    elif first["type"] == "missing":
+    elif error["type"] == "missing":
         problem = "required key is missing"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return ConfigError(f"{source}: {path}: {problem}{more}", path=path)
+    return path, problem
 
 
 def _key_path(loc: tuple[Any, ...], params_keys: tuple[str, ...]) -> str:
@@ -292,29 +347,29 @@ def _key_path(loc: tuple[Any, ...], params_keys: tuple[str, ...]) -> str:
     return path
 
 
-def _check_unique_names(config: ServerConfig) -> None:
+def _duplicate_names(config: ServerConfig) -> list[Problem]:
     seen: dict[str, int] = {}
+    problems = []
     for index, entry in enumerate(config.model_list):
         if entry.model_name in seen:
-            path = f"model_list[{index}].model_name"
-            raise ConfigError(
-                f"{config.source}: {path}: {entry.model_name!r} is already the name of model_list"
-                f"[{seen[entry.model_name]}]; each model_name must be unique",
-                path=path,
-            )
-        seen[entry.model_name] = index
+            problems.append((
+                f"model_list[{index}].model_name",
+                f"{entry.model_name!r} is already the name of model_list[{seen[entry.model_name]}]; "
+                "each model_name must be unique",
+            ))  # fmt: skip
+        seen.setdefault(entry.model_name, index)
+    return problems
 
 
-def _check_limits(config: ServerConfig) -> None:
+def _limit_problems(config: ServerConfig) -> list[Problem]:
     settings = config.general_settings
-    if settings.max_documents_per_request > settings.max_queue_pairs:
-        path = "general_settings.max_documents_per_request"
-        raise ConfigError(
-            f"{config.source}: {path}: {settings.max_documents_per_request} is larger than "
-            f"max_queue_pairs={settings.max_queue_pairs}, so a full-size request could never be queued; "
-            "lower it or raise max_queue_pairs",
-            path=path,
-        )
+    if settings.max_documents_per_request <= settings.max_queue_pairs:
+        return []
+    return [(
+        "general_settings.max_documents_per_request",
+        f"{settings.max_documents_per_request} is larger than max_queue_pairs={settings.max_queue_pairs}, so a "
+        "full-size request could never be queued; lower it or raise max_queue_pairs",
+    )]  # fmt: skip
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

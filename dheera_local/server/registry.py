@@ -46,8 +46,20 @@ class ModelRegistry:
 
     @classmethod
     def from_config(cls, config: ServerConfig, reranker: Reranker) -> ModelRegistry:
-        """Plan every entry; raises ConfigError naming the key path of the first one that cannot be served."""
-        return cls([_plan(config, index, entry, reranker) for index, entry in enumerate(config.model_list)])
+        """Plan every entry; raises one ConfigError listing each entry that cannot be served, by key path."""
+        served, problems = [], []
+        for index, entry in enumerate(config.model_list):
+            try:
+                served.append(_plan(config, index, entry, reranker))
+            except ConfigError as exc:
+                problems.append(exc)
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:  # the same report as config.py's: one line per problem under a count
+            prefix = f"{config.source}: "
+            listed = "".join(f"\n  {str(problem).removeprefix(prefix)}" for problem in problems)
+            raise ConfigError(f"{prefix}{len(problems)} problems:{listed}", path=problems[0].path)
+        return cls(served)
 
     @property
     def names(self) -> list[str]:
