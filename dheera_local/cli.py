@@ -262,8 +262,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _how_to_get(row: dict[str, Any]) -> str:
-    if row["kind"] != "cross-encoder":  # pull refuses it: suggesting it would send the user into an error
-        return f"no (not supported yet: {row['kind']})"
+    from ._catalog import LLM_LAYERWISE
+
+    if row["kind"] == LLM_LAYERWISE:  # pull refuses it: suggesting it would send the user into an error
+        return f"no (not supported: {row['kind']}, see `dheera-local pull {row['model']}`)"
     return f"no (dheera-local pull {row['model']})"
 
 

@@ -77,9 +77,10 @@ def test_an_unreachable_api_base_is_not_answered_with_pass_api_base() -> None:
 def test_models_does_not_suggest_pulling_what_pull_refuses(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["models"]) == 0
     table = capsys.readouterr().out
-    gemma = next(line for line in table.splitlines() if line.startswith("BAAI/bge-reranker-v2-gemma "))
-    assert "no (not supported yet: llm-reranker)" in gemma
-    assert "dheera-local pull BAAI/bge-reranker-v2-gemma" not in table
+    layerwise = next(line for line in table.splitlines() if line.startswith("BAAI/bge-reranker-v2-minicpm-layerwise "))
+    assert "no (not supported: llm-layerwise" in layerwise
+    assert "no (dheera-local pull BAAI/bge-reranker-v2-minicpm-layerwise)" not in table
     assert "no (dheera-local pull BAAI/bge-reranker-base)" in table
-    assert cli.main(["pull", "BAAI/bge-reranker-v2-gemma"]) == 1  # what the table no longer suggests
-    assert "not a cross-encoder" in capsys.readouterr().err
+    assert "no (dheera-local pull BAAI/bge-reranker-v2-gemma)" in table  # LLM rerankers are served now
+    assert cli.main(["pull", "BAAI/bge-reranker-v2-minicpm-layerwise"]) == 1  # what the table does not suggest
+    assert "does not run code from the hub" in capsys.readouterr().err
