@@ -48,7 +48,8 @@ print(model.predict([(query, document) for document in documents]).tolist())
 
 
 def dheera_command(model: str) -> list[str]:
-    return [sys.executable, "-m", "dheera_local", "rerank", "--model", model, "--query", QUERY, "--no-cache", *DOCUMENTS]
+    rerank = ["rerank", "--model", model, "--query", QUERY, "--no-cache", *DOCUMENTS]
+    return [sys.executable, "-m", "dheera_local", *rerank]
 
 
 def st_command(model: str) -> list[str]:
