@@ -15,8 +15,8 @@ Usage::
     python benchmarks/cold_start.py /path/to/model-folder [--rounds 5]
 
 The folder is a HuggingFace cross-encoder folder (config, weights, tokenizer). Prints the machine (CPU
-model and flags, torch version, load average before and after) and one line per variant: median,
-min and every run, in seconds.
+model and flags, torch version, load average before and after) and, for wall time and for CPU time
+(user + system), one line per variant: median, min and every run, in seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,15 +57,18 @@ def st_command(model: str) -> list[str]:
     return [sys.executable, "-c", ST_SCRIPT, model, QUERY, *DOCUMENTS]
 
 
-def timed(command: list[str], cache_dir: Path) -> float:
-    """Seconds from launch to exit of ``command`` (which must succeed)."""
+def timed(command: list[str], cache_dir: Path) -> tuple[float, float]:
+    """Seconds from launch to exit of ``command`` (which must succeed), and the CPU seconds it used (user +
+    system, its threads and children included: less moved than wall time by other work on the machine)."""
     env = {**os.environ, "DHEERA_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{command[:4]}... failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def cpu_description() -> tuple[str, str]:
@@ -94,8 +98,10 @@ def main() -> None:
     print(f"cpu: {name}; {os.cpu_count()} logical cores; torch {torch.__version__}")
     print(f"flags: {flags}")
     print(f"load average before: {os.getloadavg()}")
-    variants = {"dheera-local rerank (first run)": [], "dheera-local rerank (verdict remembered)": [],
-                "sentence-transformers CrossEncoder.predict": []}  # fmt: skip
+    variants: dict[str, list[tuple[float, float]]] = {
+        "dheera-local rerank (first run)": [], "dheera-local rerank (verdict remembered)": [],
+        "sentence-transformers CrossEncoder.predict": [],
+    }  # fmt: skip
     first, second, st = variants.values()
     with tempfile.TemporaryDirectory() as scratch:
         # Untimed: bring the weights and the packages into the page cache for every variant alike.
@@ -106,14 +112,18 @@ def main() -> None:
             first.append(timed(dheera_command(model), cache_dir))
             st.append(timed(st_command(model), cache_dir))
             second.append(timed(dheera_command(model), cache_dir))
-            print(f"round {round_ + 1}: first {first[-1]:.1f} s, remembered {second[-1]:.1f} s, "
-                  f"sentence-transformers {st[-1]:.1f} s", flush=True)  # fmt: skip
+            wall_cpu = [f"{wall:.1f}/{cpu:.1f}" for wall, cpu in (first[-1], second[-1], st[-1])]
+            print(f"round {round_ + 1} (wall/cpu s): first {wall_cpu[0]}, remembered {wall_cpu[1]}, "
+                  f"sentence-transformers {wall_cpu[2]}", flush=True)  # fmt: skip
     print(f"load average after: {os.getloadavg()}")
-    baseline = statistics.median(st)
-    for label, runs in variants.items():
-        median = statistics.median(runs)
-        every = ", ".join(f"{run:.1f}" for run in runs)
-        print(f"{label}: median {median:.1f} s ({baseline / median:.2f}x ST), min {min(runs):.1f} s; runs: {every}")
+    for index, measure in enumerate(("wall", "cpu")):
+        baseline = statistics.median(run[index] for run in st)
+        for label, runs in variants.items():
+            values = [run[index] for run in runs]
+            median = statistics.median(values)
+            every = ", ".join(f"{value:.1f}" for value in values)
+            print(f"{measure} {label}: median {median:.1f} s ({baseline / median:.2f}x ST's speed), "
+                  f"min {min(values):.1f} s; runs: {every}")  # fmt: skip
 
 
 if __name__ == "__main__":
