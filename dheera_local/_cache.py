@@ -3,7 +3,10 @@
 The key is a hash of (model id, revision, max_length, numerics, query, document). *Numerics* names
 what produced the number, so a cache never answers with scores of another precision or endpoint:
 ``float32`` for local fp32 on any device (they agree to 1e-5), ``bfloat16/cpu/onednn-packed`` and
-the like for reduced precision, and the endpoint for a remote backend.
+the like for reduced precision, and the endpoint for a remote backend. A remote backend's numerics
+also name its credential's namespace (:func:`credential_namespace`: an HMAC of the key with the
+folder's secret, never the key), and its entries expire (``DHEERA_REMOTE_CACHE_TTL``); local entries
+never do.
 
 Built on diskcache (SQLite, safe across threads and processes). Whoever can write the folder is
 not trusted (CVE-2025-69872: diskcache unpickles values, so that would be code execution in every
@@ -30,11 +33,15 @@ import sqlite3
 import stat
 import struct
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import diskcache
 from diskcache.core import DBNAME, DEFAULT_SETTINGS, METADATA, MODE_PICKLE, MODE_RAW
+
+from ._cache_secret import cache_secret, derive
 
 logger = logging.getLogger("dheera_local")
 
@@ -191,6 +198,20 @@ class KeyMaker:
         return digest.hexdigest()
 
 
+def credential_namespace(cache: ScoreCache, credential: str | None) -> str | None:
+    """The name a remote backend's scores are cached under for ``credential`` (its API key or token):
+    ``cred:<HMAC-SHA256 of the key with the cache folder's secret>``, ``cred:none`` without one. Two
+    keys never share entries and a wrong key finds none of the right one's, yet neither the key nor
+    anything checkable against it without the secret is stored. None when the folder cannot keep a
+    secret (then remote scores are not cached)."""
+    if not credential:
+        return "cred:none"
+    secret = cache_secret(cache.directory)
+    if secret is None:
+        return None
+    return "cred:" + derive(secret, "remote-credential", credential.encode("utf-8", "surrogatepass"))
+
+
 def _field(value: str) -> bytes:
     data = value.encode("utf-8", "surrogatepass")
     return len(data).to_bytes(8, "big") + data
@@ -201,6 +222,8 @@ class ScoreCache:
 
     def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
         self.directory = directory
+        # What "now" is when reading expiring (remote) entries; tests move it forward instead of sleeping.
+        self.clock: Callable[[], float] = time.time
         _make_private_dir(directory)
         check_settings_table(directory)
         settings = {**_SETTINGS, "size_limit": size_limit}
@@ -217,8 +240,8 @@ class ScoreCache:
         """The cached logits among ``keys``; unreadable rows count as misses.
 
         One SELECT per 500 keys instead of one ``Cache.get`` per key (10x faster for a 100-document
-        request). Equivalent here: values are raw 8-byte rows, entries never expire, and the
-        least-recently-stored eviction policy records nothing on reads.
+        request). Equivalent here: values are raw 8-byte rows, an expired entry is a miss as in
+        ``Cache.get``, and the least-recently-stored eviction policy records nothing on reads.
         """
         found: dict[str, float] = {}
         try:
@@ -230,8 +253,11 @@ class ScoreCache:
 
     def _select(self, keys: list[str]) -> dict[str, float]:
         marks = ",".join("?" * len(keys))
-        query = f"SELECT key, raw, mode, filename, value FROM Cache WHERE key IN ({marks})"
-        rows = self._cache._sql(query, keys).fetchall()
+        query = (
+            f"SELECT key, raw, mode, filename, value FROM Cache WHERE key IN ({marks})"
+            " AND (expire_time IS NULL OR expire_time > ?)"
+        )
+        rows = self._cache._sql(query, [*keys, self.clock()]).fetchall()
         found = {}
         for key, raw, mode, filename, value in rows:
             if not raw or mode != MODE_RAW or filename is not None:
@@ -241,8 +267,9 @@ class ScoreCache:
                 found[key] = _LOGIT.unpack(value)[0]
         return found
 
-    def set_many(self, logits: dict[str, float]) -> None:
-        """Store logits in one transaction; a full or read-only disk only logs a warning."""
+    def set_many(self, logits: dict[str, float], expire: float | None = None) -> None:
+        """Store logits in one transaction; a full or read-only disk only logs a warning. ``expire``:
+        seconds they stay valid (remote scores), None for ever (local ones)."""
         if not logits:
             return
         if len(logits) > self.max_entries_per_write:
@@ -251,7 +278,7 @@ class ScoreCache:
         try:
             with self._cache.transact(retry=True):
                 for key, logit in logits.items():
-                    self._cache.set(key, _LOGIT.pack(logit), retry=True)
+                    self._cache.set(key, _LOGIT.pack(logit), expire=expire, retry=True)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
             if not self._warned_write:
                 logger.warning("score cache %s could not be written (%s); results are not cached", self.directory, exc)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,8 @@ PROBE_RATIO = 1.5
 # ...plus this fraction of the logits' scale (max(1, largest |fp32 logit|)), for near-exact cases.
 PROBE_FLOOR = 0.01
 Swapped = list[tuple[nn.Module, str, nn.Module]]  # (parent, attribute, original module)
+_probe_passes = 0  # the check's forward passes in this process: probe_passes()
+_probe_passes_lock = threading.Lock()
 
 
 PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
@@ -99,28 +102,56 @@ class ProbeCheck:
         )
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the load-time check decided. ``final``: it ran to the end (a verdict worth remembering)."""
+
+    kernels: str
+    reason: str
+    final: bool = True
+
+
 def pack_linears(network: nn.Module, probe: dict[str, torch.Tensor], reference: torch.Tensor) -> str:
     """Swap every Linear for a PackedLinear (fusing exact GELU where it follows); returns the kernels used.
 
     ``reference`` is the fp32 model's logits on ``probe``. The swap is kept only if the packed model
     is about as close to them as the eager model in its own precision is (see the module docstring).
     """
-    eager = _logits(network, probe)
+    return checked_pack(network, probe, reference).kernels
+
+
+def checked_pack(network: nn.Module, probe: dict[str, torch.Tensor], reference: torch.Tensor) -> Verdict:
+    """:func:`pack_linears`, returning the verdict and its reason (to remember it)."""
+    eager = probe_logits(network, probe)
     swapped: Swapped = []
     try:
         # Packing itself raises where oneDNN lacks a bf16 path for this CPU (no AVX-512BW/AVX-NE-CONVERT).
         _swap(network, swapped)
-        check = probe_check(reference, eager, _logits(network, probe))
+        check = probe_check(reference, eager, probe_logits(network, probe))
     except Exception as exc:  # whatever breaks the optional fast path leaves the eager model
-        reason = str(exc)
+        # Not remembered (final=False): it may not happen again (out of memory), and it is found quickly.
+        verdict = Verdict(EAGER, str(exc), final=False)
     else:
         if check.passed:
             logger.debug("oneDNN packed linears kept: %s", check)
-            return PACKED  # the originals in `swapped` are dropped here: no second copy of the weights
-        reason = str(check)
+            return Verdict(PACKED, str(check))  # the originals in `swapped` are dropped: no second copy
+        verdict = Verdict(EAGER, str(check))
     _restore(network, swapped)
-    logger.warning("oneDNN packed linears are not usable on this machine (%s); using eager kernels", reason)
-    return EAGER
+    logger.warning("oneDNN packed linears are not usable on this machine (%s); using eager kernels", verdict.reason)
+    return verdict
+
+
+def pack_linears_unchecked(network: nn.Module) -> str:
+    """Pack as :func:`pack_linears` does, without the probe: for a verdict this machine already made on
+    these weights. Packing that raises still leaves the eager model."""
+    swapped: Swapped = []
+    try:
+        _swap(network, swapped)
+    except Exception as exc:  # as in checked_pack: the fast path is optional
+        _restore(network, swapped)
+        logger.warning("oneDNN packed linears could not be applied (%s); using eager kernels", exc)
+        return EAGER
+    return PACKED
 
 
 def probe_check(reference: torch.Tensor, eager: torch.Tensor, packed: torch.Tensor) -> ProbeCheck:
@@ -131,9 +162,18 @@ def probe_check(reference: torch.Tensor, eager: torch.Tensor, packed: torch.Tens
     return ProbeCheck(eager_error, packed_error, PROBE_RATIO * eager_error + PROBE_FLOOR * scale)
 
 
-def _logits(network: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+def probe_logits(network: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One forward pass of the check (counted: :func:`probe_passes`), as fp32 logits."""
+    global _probe_passes
+    with _probe_passes_lock:
+        _probe_passes += 1
     with torch.inference_mode():
         return network(**features).logits.float()
+
+
+def probe_passes() -> int:
+    """The check's forward passes so far in this process (a remembered verdict adds none)."""
+    return _probe_passes
 
 
 def _swap(network: nn.Module, swapped: Swapped) -> None:

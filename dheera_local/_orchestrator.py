@@ -10,6 +10,7 @@ batch scoring of mixed queries go through the same cache and fallback logic.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import uuid
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from ._cache import SHARED_CACHES, CacheStore, KeyMaker, ScoreCache
+from ._cache import SHARED_CACHES, CacheStore, KeyMaker, ScoreCache, credential_namespace
 from ._chunking import ChunkSettings, TokenCounter, document_windows
 from ._discovery import did_you_mean
 from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
@@ -62,6 +63,28 @@ class PairScores:
         return [sigmoid(logit) for logit in self.logits]
 
 
+@dataclass(frozen=True)
+class _Keying:
+    """How one candidate's scores are cached: their keys, and for how long (None: for ever, local)."""
+
+    make: KeyMaker
+    expire: float | None
+
+
+def _keying(plan: Plan, index: int, cache: ScoreCache, remote_ttl: float) -> _Keying | None:
+    """Candidate ``index``'s keying; None when its scores are not cached (a remote with TTL 0, or a folder
+    that keeps no secret). A remote's identity also names its credential's namespace, so a wrong key
+    is asked, not answered from the right one's entries. Raises BackendError as ``cache_identity`` does."""
+    identity = plan.cache_identity(index)
+    credential = getattr(plan.candidates[index], "credential", None)
+    if credential is None:  # local: the weights and numerics say it all
+        return _Keying(KeyMaker(identity), None)
+    namespace = credential_namespace(cache, credential()) if remote_ttl > 0 else None
+    if namespace is None:
+        return None
+    return _Keying(KeyMaker(dataclasses.replace(identity, numerics=f"{identity.numerics}#{namespace}")), remote_ttl)
+
+
 @dataclass
 class _Work:
     """Pairs in flight: the unique pairs, their cache keys, and the logits found so far.
@@ -73,9 +96,11 @@ class _Work:
     plan: Plan
     cache: ScoreCache | None
     pairs: list[Pair]
+    remote_ttl: float = 0.0
     logits: dict[Pair, float] = field(default_factory=dict)
     keys: dict[Pair, str] = field(default_factory=dict)
     keyed_index: int | None = None
+    keyed_expire: float | None = None
     cache_hits: int = 0
     backend: Backend | None = None
     failures: list[tuple[str, BackendError]] = field(default_factory=list)
@@ -95,14 +120,18 @@ class _Work:
         self.logits.update(fresh)
         if self.cache is None:
             return
-        keys = self.keys
+        keys, expire = self.keys, self.keyed_expire
         if index != self.keyed_index:
             try:
-                make = KeyMaker(self.plan.cache_identity(index))
+                keying = _keying(self.plan, index, self.cache, self.remote_ttl)
             except BackendError:
                 return  # a candidate whose numerics cannot be named is not cached
-            keys = {pair: make(*pair) for pair in fresh}
-        self.cache.set_many({keys[pair]: logit for pair, logit in fresh.items()})
+            if keying is None:
+                return
+            keys, expire = {pair: keying.make(*pair) for pair in fresh}, keying.expire
+        elif not keys:
+            return  # the keyed candidate's scores are not cached (a remote with TTL 0)
+        self.cache.set_many({keys[pair]: logit for pair, logit in fresh.items()}, expire=expire)
 
     def served_by(self) -> ServedBy:
         details = self.backend.describe() if self.backend is not None else {}
@@ -240,18 +269,20 @@ class Reranker:
 
     def _lookup(self, plan: Plan, options: RerankOptions, pairs: list[Pair]) -> _Work:
         cache = self._open_cache(options)
-        work = _Work(plan, cache, list(dict.fromkeys(pairs)))
+        work = _Work(plan, cache, list(dict.fromkeys(pairs)), self.settings.remote_cache_ttl)
         if cache is None:
             return work
         for index, backend in work.untried:
             try:
-                identity = plan.cache_identity(index)  # a local model in reduced precision loads here
+                keying = _keying(plan, index, cache, work.remote_ttl)  # a reduced-precision model loads here
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue
-            key = KeyMaker(identity)
-            work.keys = {pair: key(*pair) for pair in work.pairs}
             work.keyed_index = index
+            if keying is None:
+                break  # the candidate expected to serve is not cached: nothing to look up
+            work.keys = {pair: keying.make(*pair) for pair in work.pairs}
+            work.keyed_expire = keying.expire
             found = cache.get_many(list(work.keys.values()))
             work.logits = {pair: found[key] for pair, key in work.keys.items() if key in found}
             work.cache_hits = len(work.logits)

@@ -9,6 +9,8 @@ variable                    setting
 ==========================  =========================================================================
 DHEERA_CACHE_DIR            ``cache_dir`` (else ``$XDG_CACHE_HOME/dheera_local``, ``~/.cache/dheera_local``)
 DHEERA_CACHE_SIZE_LIMIT     ``cache_size_limit`` in bytes (2 GiB)
+DHEERA_REMOTE_CACHE_TTL     ``remote_cache_ttl``: seconds a remote endpoint's cached scores stay valid
+                            (604800, 7 days; ``0``: remote scores are not cached). Local ones never expire
 HF_HUB_CACHE, HF_HOME       ``hub_cache`` (huggingface_hub's precedence, ``~/.cache/huggingface/hub``)
 HF_HUB_OFFLINE              ``hub_offline``: no call to HuggingFace (``TRANSFORMERS_OFFLINE`` too)
 DHEERA_HF_INFERENCE_URL     ``hf_inference_url`` (``https://router.huggingface.co/hf-inference``)
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +38,9 @@ from ._secrets import clean_key, register
 logger = logging.getLogger("dheera_local")
 
 DEFAULT_CACHE_SIZE_LIMIT = 2 * 1024**3
+# A remote endpoint may change what stands behind a model name (a proxy remapped, a new deployment):
+# its scores are trusted for a week, then fetched again.
+DEFAULT_REMOTE_CACHE_TTL = 7 * 24 * 3600.0
 DEFAULT_HF_INFERENCE_URL = "https://router.huggingface.co/hf-inference"
 CPU_KERNELS = ("auto", "eager")
 _TRUE = ("1", "ON", "YES", "TRUE")
@@ -47,6 +53,7 @@ class Settings:
     cache_dir: Path
     hub_cache: Path
     cache_size_limit: int = DEFAULT_CACHE_SIZE_LIMIT
+    remote_cache_ttl: float = DEFAULT_REMOTE_CACHE_TTL
     hub_offline: bool = False
     hf_inference_url: str = DEFAULT_HF_INFERENCE_URL
     cpu_kernels: str = "auto"
@@ -64,6 +71,7 @@ class Settings:
             cache_dir=_cache_dir(env),
             hub_cache=hub_cache_dir(env),
             cache_size_limit=_size_limit(env),
+            remote_cache_ttl=_remote_ttl(env),
             hub_offline=_flag(env, "HF_HUB_OFFLINE") or _flag(env, "TRANSFORMERS_OFFLINE"),
             hf_inference_url=(env.get("DHEERA_HF_INFERENCE_URL") or DEFAULT_HF_INFERENCE_URL).rstrip("/"),
             cpu_kernels=_cpu_kernels(env),
@@ -144,6 +152,23 @@ def _size_limit(env: Mapping[str, str]) -> int:
     except ValueError:
         logger.warning("DHEERA_CACHE_SIZE_LIMIT=%r is not a number of bytes; using %d", raw, DEFAULT_CACHE_SIZE_LIMIT)
         return DEFAULT_CACHE_SIZE_LIMIT
+
+
+def _remote_ttl(env: Mapping[str, str]) -> float:
+    raw = env.get("DHEERA_REMOTE_CACHE_TTL", "").strip()
+    if not raw:
+        return DEFAULT_REMOTE_CACHE_TTL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        logger.warning(
+            "DHEERA_REMOTE_CACHE_TTL=%r is not a number of seconds (0 turns remote caching off); using %d",
+            raw, DEFAULT_REMOTE_CACHE_TTL,
+        )  # fmt: skip
+        return DEFAULT_REMOTE_CACHE_TTL
+    return value
 
 
 def _cpu_kernels(env: Mapping[str, str]) -> str:

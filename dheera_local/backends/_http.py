@@ -315,6 +315,11 @@ def _status_hint(status: int) -> str:
     return ""
 
 
+# Room for a whole error of another dheera-local proxy (its tried backends and its "Fix:" line), while a
+# server that answers a page of HTML still gets one line.
+SERVER_MESSAGE_CHARS = 1200
+
+
 def server_message(response: httpx.Response, token: str | None) -> str:
     """The server's own error text (JSON ``error``/``message``/``detail``, else the body), masked."""
     text = response.text
@@ -331,7 +336,16 @@ def server_message(response: httpx.Response, token: str | None) -> str:
                 text = value if isinstance(value, str) else json.dumps(value)
                 break
     # Mask before cutting: a token straddling the cut would otherwise leak its first characters.
-    return _masked(" ".join(str(text).split()), token)[:300] or "(empty body)"
+    return _cut(_masked(" ".join(str(text).split()), token), SERVER_MESSAGE_CHARS) or "(empty body)"
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters cut at a word and marked as cut: a message cut mid-word
+    ran straight into the next one ("...to score locally, chec. Fix: check the endpoint")."""
+    if len(text) <= limit:
+        return text
+    kept = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return f"{kept} [... {len(text) - len(kept)} more characters]"
 
 
 def _masked(text: str, token: str | None) -> str:

@@ -74,6 +74,11 @@ class RemoteBackend:
     def token(self) -> str | None:
         return self._token.get_secret_value() if self._token is not None else None
 
+    def credential(self) -> str | None:
+        """The key or token this backend sends (None: none), whose namespace its cached scores live in
+        (:func:`dheera_local._cache.credential_namespace`): a remote backend is one that has this method."""
+        return self.token
+
     def score(self, query: str, texts: list[str]) -> list[float]:
         if not texts:
             return []

@@ -1,4 +1,10 @@
-"""A loaded cross-encoder: sentence-transformers + torch, imported only when a model loads.
+"""A loaded cross-encoder: transformers + torch, imported only when a model loads.
+
+It loads as sentence-transformers' ``CrossEncoder`` does (``AutoConfig``, then
+``AutoModelForSequenceClassification`` and ``AutoTokenizer`` from the folder), without importing
+sentence-transformers itself: its import pulls scikit-learn and friends, a third of a cold start.
+The load-time kernel check (:mod:`.._cpu_kernels`) runs once per weights, dtype, CPU and torch
+version; its verdict is remembered on disk (:mod:`.._kernel_verdicts`) for later processes.
 
 Pairs are tokenized once (a long query cut a few tokens past the window first), sorted by length
 and grouped by a padded-token budget, so long documents never blow up memory and short ones are
@@ -13,13 +19,16 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from .._catalog import check_cross_encoder
-from .._cpu_kernels import EAGER, pack_linears, packing_available
+from .._cpu_kernels import EAGER, PACKED, checked_pack, pack_linears_unchecked, packing_available, probe_logits
 from .._discovery import LocalWeights, configured_max_length
 from .._errors import LocalBackendError
+from .._hardware import dtype_name
+from .._kernel_verdicts import VerdictStore, probe_key
 from .._token_budget import plan_batches
 
 logger = logging.getLogger("dheera_local")
@@ -66,29 +75,31 @@ def _no_weight_loading_bar() -> Iterator[None]:
 class LocalModel:
     """A loaded cross-encoder. ``logits`` is thread-safe; forward passes run one at a time."""
 
-    def __init__(self, weights: LocalWeights, device: str, dtype: torch.dtype, cpu_kernels: str = "auto") -> None:
-        from sentence_transformers import CrossEncoder
-
+    def __init__(
+        self,
+        weights: LocalWeights,
+        device: str,
+        dtype: torch.dtype,
+        cpu_kernels: str = "auto",
+        verdicts: VerdictStore | None = None,
+    ) -> None:
         check_cross_encoder(weights.model_id, weights.path)
         self.weights = weights
         self.device = device
         self.dtype = dtype
         try:
             with _no_weight_loading_bar():
-                encoder = CrossEncoder(str(weights.path), device=device, local_files_only=True)
+                self.tokenizer, network = _load_cross_encoder(weights, device)
         except Exception as exc:  # transformers raises many types for a broken folder
             raise LocalBackendError(
                 f"{weights.model_id}: weights at {weights.path} could not be loaded: {exc}"
             ) from exc
-        self.encoder = encoder
-        self.tokenizer = encoder.tokenizer
-        network = encoder.model.eval()
         self.num_labels = int(network.config.num_labels)
         self.kernels = EAGER
-        probed = self._probe_reference(network) if packing_available(device, dtype, cpu_kernels) else None
-        self.network = _to_dtype(network, dtype, device)
-        if probed is not None:
-            self.kernels = pack_linears(self.network, *probed)
+        if packing_available(device, dtype, cpu_kernels):
+            self.network = self._packed(network, verdicts)
+        else:
+            self.network = _to_dtype(network, dtype, device)
         self._lock = threading.Lock()
         # The padded-token budget an out-of-memory taught (None: none yet): later requests start there
         # instead of running out of memory again, each of them, at the budget they asked for.
@@ -98,12 +109,31 @@ class LocalModel:
         # request overlaps the current forward pass.
         self._tokenizer_lock = threading.Lock()
 
+    def _packed(self, network: torch.nn.Module, verdicts: VerdictStore | None) -> torch.nn.Module:
+        """``network`` in its dtype, with packed linears where the kernel check allows them (``self.kernels``
+        says which). The check's verdict is read from ``verdicts`` when a process on this machine made it
+        before, else made now (forward passes on a probe batch) and remembered."""
+        key = probe_key(self.weights, dtype_name(self.dtype), torch.__version__) if verdicts is not None else None
+        remembered = verdicts.read(key) if verdicts is not None and key is not None else None
+        if remembered is not None:
+            network = _to_dtype(network, self.dtype, self.device)
+            self.kernels = pack_linears_unchecked(network) if remembered == PACKED else EAGER
+            return network
+        probed = self._probe_reference(network)
+        network = _to_dtype(network, self.dtype, self.device)
+        if probed is not None:
+            verdict = checked_pack(network, *probed)
+            self.kernels = verdict.kernels
+            if verdicts is not None and key is not None and verdict.final:
+                verdicts.write(key, verdict.kernels, verdict.reason)
+        return network
+
     def _probe_reference(self, network: torch.nn.Module) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
         """The probe batch and the fp32 logits packed kernels are judged against, taken before the weights
         lose precision; None (eager kernels) if the probe cannot run: the fast path is optional."""
         try:
             probe = self._probe_batch()
-            return probe, _probe_logits(network.float(), probe)
+            return probe, probe_logits(network.float(), probe)
         except Exception as exc:  # the fast path is optional: any failure leaves eager kernels
             model_id = self.weights.model_id
             logger.warning("%s: the load-time kernel probe failed (%s); using eager kernels", model_id, exc)
@@ -239,9 +269,18 @@ def _to_dtype(network: torch.nn.Module, dtype: torch.dtype, device: str) -> torc
     return network
 
 
-@torch.inference_mode()
-def _probe_logits(network: torch.nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
-    return network(**features).logits.float()
+def _load_cross_encoder(weights: LocalWeights, device: str) -> tuple[Any, torch.nn.Module]:
+    """The tokenizer and the network in eval mode on ``device``, as ``CrossEncoder(path)`` loads them (same
+    config, class, weights and dtype, so its logits are ``CrossEncoder.predict``'s)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = str(weights.path)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if not any(str(name).endswith("ForSequenceClassification") for name in config.architectures or []):
+        config.num_labels = 1  # as CrossEncoder does for a body without a classification head
+    network = AutoModelForSequenceClassification.from_pretrained(path, config=config, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return tokenizer, network.to(device).eval()
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from .._chunking import SHARED_TOKENIZERS, TokenizerStore
 from .._discovery import LocalWeights
+from .._kernel_verdicts import VerdictStore
 from .._options import RerankOptions
 from .._settings import Settings
 from ._http import HttpClients, RetryPolicy
@@ -62,6 +63,7 @@ class Backends:
         return LocalBackend(
             weights, max_length=max_length, device=device, dtype=dtype, batch_tokens=batch_tokens,
             cpu_kernels=self.settings.cpu_kernels, models=self.models, prompt=prompt,
+            verdicts=VerdictStore(self.settings.cache_dir),
         )  # fmt: skip
 
     def serve(self, local: LocalBackend) -> Backend:

@@ -20,6 +20,7 @@ from .._discovery import LocalWeights
 from .._errors import DheeraError, LocalBackendError
 from .._hardware import dtype_name, resolve_device, resolve_dtype
 from .._llm_templates import template_for_folder
+from .._kernel_verdicts import VerdictStore
 
 if TYPE_CHECKING:
     from ._torch_model import LocalModel
@@ -77,8 +78,9 @@ class ModelStore:
             return None
         return LocalBackendError(f"{failed[1]} (failed to load {time.monotonic() - failed[0]:.0f} s ago)")
 
-    def load(self, weights: LocalWeights, key: LoadKey) -> LocalModel:
-        """The model for ``key``, loading it now if needed; every failure is a LocalBackendError."""
+    def load(self, weights: LocalWeights, key: LoadKey, verdicts: VerdictStore | None = None) -> LocalModel:
+        """The model for ``key``, loading it now if needed; every failure is a LocalBackendError.
+        ``verdicts``: where the kernel check's verdicts are remembered (None: the check always runs)."""
         while True:
             with self._lock:
                 if key in self._loaded:
@@ -89,9 +91,11 @@ class ModelStore:
                 with self._lock:
                     stale = generation != self._generation  # cleared while waiting: queue on the new lock
                 if not stale:
-                    return self._load_once(weights, key, generation)
+                    return self._load_once(weights, key, generation, verdicts)
 
-    def _load_once(self, weights: LocalWeights, key: LoadKey, generation: int) -> LocalModel:
+    def _load_once(
+        self, weights: LocalWeights, key: LoadKey, generation: int, verdicts: VerdictStore | None = None
+    ) -> LocalModel:
         """Load ``key`` (its lock held), keeping the result unless the store was cleared meanwhile."""
         with self._lock:
             if key in self._loaded:
@@ -100,7 +104,7 @@ class ModelStore:
         if failure is not None:
             raise failure
         try:
-            model = _load(weights, key)
+            model = _load(weights, key, verdicts)
         except LocalBackendError as exc:
             with self._lock:
                 if generation == self._generation:
@@ -122,7 +126,7 @@ class ModelStore:
             self._locks.clear()
 
 
-def _load(weights: LocalWeights, key: LoadKey) -> LocalModel:
+def _load(weights: LocalWeights, key: LoadKey, verdicts: VerdictStore | None) -> LocalModel:
     try:
         template = template_for_folder(weights.path)
         if template is not None:  # a decoder-only reranker: scored through its prompt template
@@ -131,7 +135,7 @@ def _load(weights: LocalWeights, key: LoadKey) -> LocalModel:
             return LlmModel(weights, key.device, key.dtype, template)  # type: ignore[return-value]
         from ._torch_model import LocalModel
 
-        return LocalModel(weights, key.device, key.dtype, key.cpu_kernels)
+        return LocalModel(weights, key.device, key.dtype, key.cpu_kernels, verdicts)
     except DheeraError:
         raise
     except Exception as exc:  # torch, transformers and oneDNN raise many types: translated here, once
@@ -159,6 +163,7 @@ class LocalBackend:
         cpu_kernels: str = "auto",
         models: ModelStore | None = None,
         prompt: str | None = None,
+        verdicts: VerdictStore | None = None,
     ) -> None:
         self.weights = weights
         # An LLM reranker's prompt or instruction (None: a cross-encoder, or the template's default).
@@ -168,11 +173,12 @@ class LocalBackend:
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.models = models if models is not None else SHARED_MODELS
+        self.verdicts = verdicts
         self._key = LoadKey(str(weights.path), weights.revision, self.device, self.dtype, cpu_kernels)
 
     def model(self) -> LocalModel:
         """The loaded model (loading it now if this process has not yet); raises LocalBackendError."""
-        return self.models.load(self.weights, self._key)
+        return self.models.load(self.weights, self._key, self.verdicts)
 
     def is_loaded(self) -> bool:
         """True when the store already holds the model (``model()`` returns at once)."""
