@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from .._discovery import LocalWeights
 from .._errors import DheeraError, LocalBackendError
 from .._hardware import dtype_name, resolve_device, resolve_dtype
-from .._llm_templates import template_for_folder
 from .._kernel_verdicts import VerdictStore
+from .._llm_templates import template_for_folder
 
 if TYPE_CHECKING:
     from ._torch_model import LocalModel
