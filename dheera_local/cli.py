@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._console import quiet_weight_loading
 from ._errors import DheeraError, InvalidRequestError
 from ._options import add_engine_options, engine_options
 from ._secrets import install as install_masking
@@ -186,7 +185,6 @@ def _add_score(commands: Any) -> None:
 def _cmd_rerank(args: argparse.Namespace) -> int:
     from ._api import rerank
 
-    quiet_weight_loading()
     documents = _read_documents(args)
     rank_fields = [f.strip() for f in args.rank_fields.split(",") if f.strip()] if args.rank_fields else None
     response = rerank(

@@ -36,6 +36,7 @@ from .._errors import LocalBackendError
 from .._hardware import dtype_name
 from .._llm_templates import LlmTemplate
 from .._token_budget import plan_batches
+from ._torch_model import no_weight_loading_bar
 
 logger = logging.getLogger("dheera_local")
 
@@ -250,7 +251,10 @@ def _load_body(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the head's weights are "unexpected" for the base model: by design
     try:
-        return AutoModel.from_pretrained(str(folder), dtype=dtype, attn_implementation="sdpa", local_files_only=True)
+        with no_weight_loading_bar():
+            return AutoModel.from_pretrained(
+                str(folder), dtype=dtype, attn_implementation="sdpa", local_files_only=True
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
 

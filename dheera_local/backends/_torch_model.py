@@ -42,12 +42,12 @@ PROBE_MAX_LENGTH = 128
 
 
 _quiet_lock = threading.Lock()
-_quiet_loads = 0  # loads running under _no_weight_loading_bar
+_quiet_loads = 0  # loads running under no_weight_loading_bar
 _bar_setting = True  # transformers' setting before the first of them
 
 
 @contextlib.contextmanager
-def _no_weight_loading_bar() -> Iterator[None]:
+def no_weight_loading_bar() -> Iterator[None]:
     """Without transformers' ``Loading weights`` bar, which would print on every SDK, async or LangChain call
     that loads a model, and in the server's log. Only transformers' own flag, only for this load, put back
     after: a library does not change its host's settings (its public toggle would switch huggingface_hub's
@@ -88,7 +88,7 @@ class LocalModel:
         self.device = device
         self.dtype = dtype
         try:
-            with _no_weight_loading_bar():
+            with no_weight_loading_bar():
                 self.tokenizer, network = _load_cross_encoder(weights, device)
         except Exception as exc:  # transformers raises many types for a broken folder
             raise LocalBackendError(

@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .._console import quiet_weight_loading
 from .._errors import InvalidRequestError
 from .._options import add_engine_options, engine_options
 from .job import DEFAULT_CHUNK_SIZE, ScoreJob, ScoreReport
@@ -43,7 +42,6 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     """Run ``dheera-local score``; returns the exit status."""
-    quiet_weight_loading()
     options = engine_options(args)
     if args.engine == "ray":
         return _run_on_ray(args, options)
