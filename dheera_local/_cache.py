@@ -18,6 +18,13 @@ reader):
 A cache that cannot be opened, read or written never fails a rerank: it logs a warning and the
 call goes on uncached. One request never stores more than half the size limit, so a huge request
 cannot evict everything else.
+
+Eviction is ours, not diskcache's: diskcache culls 10 rows per ``set`` while the file's pages exceed the
+limit, and pages freed inside a transaction are not returned until it commits, so one request of
+``max_entries_per_write`` new rows deleted ten times as many (the cache, its own rows included, emptied).
+Before a write, :meth:`ScoreCache._make_room` deletes the expired rows and then only as many of the
+oldest as the new rows need, counting ``ENTRY_BYTES`` a row; it runs before the inserts, so the rows a
+request writes are never among them.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import sqlite3
 import stat
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +100,10 @@ def _warn_refused(mode: object) -> None:
 
 # Every setting diskcache reads from its Settings table, with our value: passed explicitly, so a
 # planted value never takes effect. METADATA rows are counters that must stay numbers.
-_SETTINGS: dict[str, object] = {**DEFAULT_SETTINGS, "eviction_policy": "least-recently-stored", "statistics": 0}
+# cull_limit 0: diskcache never evicts on its own (see the module docstring); ScoreCache._make_room does.
+_SETTINGS: dict[str, object] = {
+    **DEFAULT_SETTINGS, "eviction_policy": "least-recently-stored", "statistics": 0, "cull_limit": 0,
+}  # fmt: skip
 
 
 class _HardenedCache(diskcache.Cache):
@@ -208,6 +219,11 @@ class ScoreCache:
         """Entries one request may store: half the size limit, so it cannot evict everything else."""
         return max(self._cache.size_limit // (2 * ENTRY_BYTES), 1)
 
+    @property
+    def max_entries(self) -> int:
+        """Entries the size limit holds (``ENTRY_BYTES`` each); a write evicts the oldest past it."""
+        return max(self._cache.size_limit // ENTRY_BYTES, 1)
+
     def get_many(self, keys: list[str]) -> dict[str, float]:
         """The cached logits among ``keys``; unreadable rows count as misses.
 
@@ -245,12 +261,39 @@ class ScoreCache:
             logits = dict(list(logits.items())[: self.max_entries_per_write])
         try:
             with self._cache.transact(retry=True):
+                self._make_room(list(logits))
                 for key, logit in logits.items():
                     self._cache.set(key, _LOGIT.pack(logit), retry=True)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
             if not self._warned_write:
                 logger.warning("score cache %s could not be written (%s); results are not cached", self.directory, exc)
                 self._warned_write = True
+
+    def _make_room(self, keys: list[str]) -> None:
+        """Delete what must go for ``keys`` to fit under :attr:`max_entries`: expired rows, then the
+        oldest stored. Called inside the write's transaction, before its inserts."""
+        sql = self._cache._sql
+        stored = sql("SELECT COUNT(*) FROM Cache").fetchone()[0]
+        if stored + len(keys) <= self.max_entries:
+            return
+        sql("DELETE FROM Cache WHERE expire_time IS NOT NULL AND expire_time < ?", (time.time(),))
+        stored = sql("SELECT COUNT(*) FROM Cache").fetchone()[0]
+        excess = stored + len(keys) - self._count_present(keys) - self.max_entries
+        if excess > 0:
+            # Raw SQL, not diskcache's cull: no file is deleted (rows never name files; planted ones are refused).
+            sql(
+                "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache ORDER BY store_time, rowid LIMIT ?)",
+                (excess,),
+            )
+
+    def _count_present(self, keys: list[str]) -> int:
+        """How many of ``keys`` are stored already (a rewrite adds no row)."""
+        present = 0
+        for start in range(0, len(keys), _KEYS_PER_SELECT):
+            chunk = keys[start : start + _KEYS_PER_SELECT]
+            marks = ",".join("?" * len(chunk))
+            present += self._cache._sql(f"SELECT COUNT(*) FROM Cache WHERE key IN ({marks})", chunk).fetchone()[0]
+        return present
 
     def _warn_size(self, count: int) -> None:
         if not self._warned_size:
