@@ -13,7 +13,10 @@ reader):
   row, and never deletes a file that is not one of diskcache's own inside the cache folder;
 * the ``Settings`` table is checked before diskcache reads it (unknown keys, values that are not
   numbers, are refused), and every setting, SQLite PRAGMAs included, is ours, not the table's;
-* the folder is created owner-only (0700).
+* the folder is created owner-only (0700);
+* symlinks in it are never followed: the database and SQLite's side files (``-wal``, ``-shm``,
+  ``-journal``) are checked with ``lstat`` before every connection (a link refuses the cache), and a value
+  file is deleted through folders opened with ``O_NOFOLLOW`` (a linked sub-folder is left alone).
 
 A cache that cannot be opened, read or written never fails a rerank: it logs a warning and the
 call goes on uncached. One request never stores more than half the size limit, so a huge request
@@ -90,7 +93,27 @@ class SafeDisk(diskcache.Disk):
         if not isinstance(file_path, str) or not _OWN_FILE.match(file_path.replace(os.sep, "/")):
             logger.warning("score cache: not deleting %r, which is not a file of this cache (a planted row)", file_path)
             return
-        super().remove(file_path)
+        _unlink_inside(self._directory, file_path.replace(os.sep, "/"))
+
+
+def _unlink_inside(root: str, relative: str) -> None:
+    """Delete ``root/relative`` and the folders it leaves empty, as diskcache does, without following a
+    symlink on the way: ``ab`` linked to another folder would otherwise delete ``<that folder>/cd/<name>``."""
+    if not {os.open, os.unlink, os.rmdir} <= os.supports_dir_fd or not hasattr(os, "O_NOFOLLOW"):
+        return  # no safe way on this platform: a file left behind is harmless (rows never name one we wrote)
+    *folders, name = relative.split("/")
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for folder in folders:
+            fds.append(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        os.unlink(name, dir_fd=fds[-1])  # a link named like a value file is removed itself, not its target
+        for depth in range(len(folders), 0, -1):
+            os.rmdir(folders[depth - 1], dir_fd=fds[depth - 1])
+    except OSError:
+        pass  # gone already, not empty, or a link: diskcache suppresses these too
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _warn_refused(mode: object) -> None:
@@ -119,6 +142,7 @@ class _HardenedCache(diskcache.Cache):
             self._local.pid = os.getpid()
         con = getattr(self._local, "con", None)
         if con is None:
+            refuse_links(Path(self._directory))
             con = self._local.con = sqlite3.connect(
                 os.path.join(self._directory, DBNAME), timeout=self._timeout, isolation_level=None
             )
@@ -126,6 +150,26 @@ class _HardenedCache(diskcache.Cache):
                 if key.startswith("sqlite_"):
                     self.reset(key, value, update=False)
         return con
+
+
+class LinkedDatabase(OSError):
+    """The database or one of SQLite's side files in the cache folder is a symlink (or not a file)."""
+
+
+_DB_FILES = (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm", f"{DBNAME}-journal")
+
+
+def refuse_links(directory: Path) -> None:
+    """Raise LinkedDatabase when the database or a side file SQLite would open is anything but a plain
+    file: SQLite follows links, so ``cache.db`` -> ``~/.bashrc`` would be written as a database."""
+    for name in _DB_FILES:
+        try:
+            mode = os.lstat(directory / name).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            kind = "a symlink" if stat.S_ISLNK(mode) else "not a plain file"
+            raise LinkedDatabase(f"{directory / name} is {kind} (planted?); not opening it")
 
 
 def check_settings_table(directory: Path) -> None:
@@ -208,6 +252,7 @@ class ScoreCache:
     def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
         self.directory = directory
         _make_private_dir(directory)
+        refuse_links(directory)
         check_settings_table(directory)
         settings = {**_SETTINGS, "size_limit": size_limit}
         self._cache = _HardenedCache(str(directory), disk=SafeDisk, timeout=10, **settings)

@@ -12,7 +12,7 @@ import pytest
 import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import close_all
-from dheera_local._cache import ENTRY_BYTES, ScoreCache
+from dheera_local._cache import ENTRY_BYTES, SHARED_CACHES, ScoreCache
 
 # Small enough to fill in a second: holds 9,375 rows of ENTRY_BYTES (the issue's "9,200 rows near the limit").
 SIZE_LIMIT = 2_400_000
@@ -83,3 +83,76 @@ def test_rerank_into_a_nearly_full_cache_keeps_its_rows(isolated_env: Path, monk
     cache.close()
     again = dheera_local.rerank(TINY_BERT_ID, "river", docs, cache_dir=folder)
     assert again.backend == "cache" and again.cache_hits == 200
+
+
+# Symlinks planted in the cache folder (issue 26, 8) ----------------------------------------------------------
+
+QUERY = "capital city"
+DOCS = ["washington is the capital", "a river in france", "tokyo"]
+
+
+def _scores(response: dheera_local.RerankResponse) -> dict[int, float]:
+    return {r.index: r.relevance_score for r in response.results}
+
+
+@pytest.fixture
+def seeded(isolated_env: Path) -> tuple[Path, dict[int, float]]:
+    """The cache folder after one rerank wrote it, closed (the next rerank opens it anew), and its scores."""
+    first = dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, dtype="float32")
+    close_all()
+    return isolated_env / "score-cache", _scores(first)
+
+
+@pytest.mark.parametrize("name", ["cache.db", "cache.db-wal", "cache.db-journal"])
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_a_linked_database_file_is_refused_and_its_target_untouched(
+    seeded: tuple[Path, dict[int, float]], tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str,
+    target_exists: bool,
+) -> None:  # fmt: skip
+    folder, scores = seeded
+    outside = tmp_path / "outside" / "precious.db"
+    outside.parent.mkdir()
+    if target_exists:
+        outside.write_bytes(b"")  # empty: SQLite would take it for a new database and write one into it
+    for side in folder.glob("cache.db*"):
+        side.unlink()
+    (folder / name).symlink_to(outside)
+    again = dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, dtype="float32")
+    close_all()
+    assert again.backend == "local" and _scores(again) == scores  # scored uncached, same scores
+    assert "is a symlink" in caplog.text and "scoring without a cache" in caplog.text
+    assert outside.read_bytes() == b"" if target_exists else not outside.exists()
+    assert sorted(p.name for p in outside.parent.iterdir()) == (["precious.db"] if target_exists else [])
+
+
+def test_a_linked_sub_folder_never_leads_a_delete_outside(
+    seeded: tuple[Path, dict[int, float]], tmp_path: Path
+) -> None:
+    folder, scores = seeded
+    outside = tmp_path / "outside"
+    victim = outside / "cd" / ("e" * 28 + ".val")
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"keep me")
+    (folder / "ab").symlink_to(outside, target_is_directory=True)
+    with sqlite3.connect(folder / "cache.db") as db:  # every row names the linked file, as diskcache's own would
+        db.execute("UPDATE Cache SET mode = 2, filename = ?, value = NULL", (f"ab/cd/{victim.name}",))
+    again = dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS, dtype="float32")  # refused rows: rescored, replaced
+    assert (again.backend, again.cache_hits) == ("local", 0) and _scores(again) == scores
+    with sqlite3.connect(folder / "cache.db") as db:
+        db.execute("UPDATE Cache SET mode = 2, filename = ?, value = NULL", (f"ab/cd/{victim.name}",))
+    # `dheera-local cache clear` deletes through the same Disk.remove
+    assert SHARED_CACHES.open(folder).clear() == len(DOCS)
+    assert victim.read_bytes() == b"keep me" and (folder / "ab").is_symlink()
+
+
+def test_value_files_of_the_cache_itself_are_still_deleted(tmp_path: Path) -> None:
+    cache = ScoreCache(tmp_path / "cache")
+    own = cache.directory / "ab" / "cd" / ("f" * 28 + ".val")
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"planted")
+    cache.set_many({"k": 1.0})
+    with sqlite3.connect(cache.directory / "cache.db") as db:
+        db.execute("UPDATE Cache SET mode = 2, filename = ?, value = NULL", ("ab/cd/" + own.name,))
+    assert cache.clear() == 1
+    assert not own.exists() and not (cache.directory / "ab").exists()  # and the folders it left empty
+    cache.close()
