@@ -18,6 +18,7 @@ from .._catalog import check_cross_encoder
 from .._cpu_kernels import EAGER, pack_linears, packing_available
 from .._discovery import LocalWeights, configured_max_length
 from .._errors import LocalBackendError
+from .._text_bound import prefix_for_tokens
 from .._token_budget import plan_batches
 
 logger = logging.getLogger("dheera_local")
@@ -118,9 +119,10 @@ class LocalModel:
         return out
 
     def _tokenize(self, pairs: list[tuple[str, str]], max_length: int) -> dict[str, list[list[int]]]:
-        texts = [text for _, text in pairs]
         # "longest_first" truncation, as CrossEncoder.predict does, so scores match it exactly.
         with self._tokenizer_lock:
+            # A document keeps at most max_length tokens of the pair: tokenize only the prefix holding them.
+            texts = [prefix_for_tokens(text, max_length, self._count_tokens) for _, text in pairs]
             bounded: dict[str, str] = {}
             queries = []
             for query, _ in pairs:
@@ -128,6 +130,9 @@ class LocalModel:
                     bounded[query] = self._bounded(query, max_length)
                 queries.append(bounded[query])
             return self.tokenizer(queries, texts, truncation="longest_first", max_length=max_length, padding=False)
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
 
     def _bounded(self, query: str, max_length: int) -> str:
         """``query`` cut a few tokens past ``max_length`` (once per request, not once per pair).
