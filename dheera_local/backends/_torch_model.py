@@ -29,6 +29,12 @@ QUERY_CHARS_PER_TOKEN = 4
 QUERY_CUT_MARGIN = 8
 # The load-time kernel probe's longest pair (or the model's limit, if shorter).
 PROBE_MAX_LENGTH = 128
+# On CPU a batch is padded to a multiple of this many tokens. oneDNN keeps a primitive (and its
+# scratch memory) per input shape it has seen, up to 1,024 of them: with every width from 5 to 512 tokens
+# times every row count, the proxy grew 672 -> 1,049 MB over 8,237 requests and still rising (issue 26).
+# Widths in steps of 16 leave max_length / 16 of them; the padding is attention-masked (scores unchanged
+# within float rounding, tested) and costs ~8 tokens a row.
+CPU_WIDTH_STEP = 16
 
 
 class LocalModel:
@@ -94,7 +100,8 @@ class LocalModel:
         if not pairs:
             return []
         encoded = self._tokenize(pairs, max_length)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
+        # Planned at their padded width, so the token budget counts the padding it will hold.
+        lengths = [self._padded_width(len(ids), max_length) for ids in encoded["input_ids"]]
         out: list[float] = [0.0] * len(pairs)
         with self._lock:
             if self._budget_cap is not None:
@@ -103,7 +110,7 @@ class LocalModel:
             while pending:
                 batch = pending.pop(0)
                 try:
-                    values = self._forward(encoded, batch)
+                    values = self._forward(encoded, batch, max(lengths[i] for i in batch))
                 except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                     if not _is_out_of_memory(exc):
                         raise
@@ -150,16 +157,24 @@ class LocalModel:
         return query[: offsets[-1][1]] if len(offsets) >= keep else query
 
     @torch.inference_mode()
-    def _forward(self, encoded: dict[str, list[list[int]]], batch: list[int]) -> list[float]:
-        features = self._pad(encoded, batch)
+    def _forward(self, encoded: dict[str, list[list[int]]], batch: list[int], width: int) -> list[float]:
+        features = self._pad(encoded, batch, width)
         logits = self.network(**features).logits.float()  # upcast before anything else: fp16 ties
         if self.num_labels == 2:
             # Two-class rerankers: the log-odds of "relevant", so sigmoid() gives its softmax probability.
             return (logits[:, 1] - logits[:, 0]).tolist()
         return logits[:, 0].tolist()
 
-    def _pad(self, encoded: dict[str, list[list[int]]], batch: list[int]) -> dict[str, torch.Tensor]:
-        width = max(len(encoded["input_ids"][i]) for i in batch)
+    def _padded_width(self, length: int, max_length: int) -> int:
+        """``length`` rounded up to CPU_WIDTH_STEP on CPU (never past max_length); as is elsewhere."""
+        if self.device != "cpu":
+            return length
+        return max(length, min(-(-length // CPU_WIDTH_STEP) * CPU_WIDTH_STEP, max_length))
+
+    def _pad(
+        self, encoded: dict[str, list[list[int]]], batch: list[int], width: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        width = max(width or 0, *(len(encoded["input_ids"][i]) for i in batch))
         pad_ids = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0, "attention_mask": 0}
         features = {}
         for name in ("input_ids", "token_type_ids", "attention_mask"):
