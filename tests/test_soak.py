@@ -37,8 +37,9 @@ def rss_mb():
 folder, seconds, requests, max_length = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 words = "the river flows past the old market and the museum of modern art near the capital city".split()
 rng = random.Random(0)
+dheera_local.rerank(folder, "which river", ["load the model first"], cache=False, dtype="float32")
 samples = []
-start = time.monotonic()
+start = time.monotonic()  # the time bound counts requests only, not the load
 while time.monotonic() - start < seconds and len(samples) < requests:
     docs = [" ".join(rng.choice(words) for _ in range(rng.randint(3, max_length))) for _ in range(rng.randint(1, 64))]
     dheera_local.rerank(folder, "which river", docs, cache=False, dtype="float32", max_length=max_length)
