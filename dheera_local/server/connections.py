@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import resource
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +34,10 @@ _READING = (h11.IDLE, h11.SEND_BODY)
 
 
 def _open_file_limit() -> int:
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return 2048  # Windows: no per-process descriptor limit of this kind; gives the 1,024 cap
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
