@@ -16,11 +16,21 @@ reader):
   row, and never deletes a file that is not one of diskcache's own inside the cache folder;
 * the ``Settings`` table is checked before diskcache reads it (unknown keys, values that are not
   numbers, are refused), and every setting, SQLite PRAGMAs included, is ours, not the table's;
-* the folder is created owner-only (0700).
+* the folder is created owner-only (0700);
+* symlinks in it are never followed: the database and SQLite's side files (``-wal``, ``-shm``,
+  ``-journal``) are checked with ``lstat`` before every connection (a link refuses the cache), and a value
+  file is deleted through folders opened with ``O_NOFOLLOW`` (a linked sub-folder is left alone).
 
 A cache that cannot be opened, read or written never fails a rerank: it logs a warning and the
 call goes on uncached. One request never stores more than half the size limit, so a huge request
 cannot evict everything else.
+
+Eviction is ours, not diskcache's: diskcache culls 10 rows per ``set`` while the file's pages exceed the
+limit, and pages freed inside a transaction are not returned until it commits, so one request of
+``max_entries_per_write`` new rows deleted ten times as many (the cache, its own rows included, emptied).
+Before a write, :meth:`ScoreCache._make_room` deletes the expired rows and then only as many of the
+oldest as the new rows need, counting ``ENTRY_BYTES`` a row; it runs before the inserts, so the rows a
+request writes are never among them.
 """
 
 from __future__ import annotations
@@ -89,7 +99,27 @@ class SafeDisk(diskcache.Disk):
         if not isinstance(file_path, str) or not _OWN_FILE.match(file_path.replace(os.sep, "/")):
             logger.warning("score cache: not deleting %r, which is not a file of this cache (a planted row)", file_path)
             return
-        super().remove(file_path)
+        _unlink_inside(self._directory, file_path.replace(os.sep, "/"))
+
+
+def _unlink_inside(root: str, relative: str) -> None:
+    """Delete ``root/relative`` and the folders it leaves empty, as diskcache does, without following a
+    symlink on the way: ``ab`` linked to another folder would otherwise delete ``<that folder>/cd/<name>``."""
+    if not {os.open, os.unlink, os.rmdir} <= os.supports_dir_fd or not hasattr(os, "O_NOFOLLOW"):
+        return  # no safe way on this platform: a file left behind is harmless (rows never name one we wrote)
+    *folders, name = relative.split("/")
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for folder in folders:
+            fds.append(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        os.unlink(name, dir_fd=fds[-1])  # a link named like a value file is removed itself, not its target
+        for depth in range(len(folders), 0, -1):
+            os.rmdir(folders[depth - 1], dir_fd=fds[depth - 1])
+    except OSError:
+        pass  # gone already, not empty, or a link: diskcache suppresses these too
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _warn_refused(mode: object) -> None:
@@ -99,7 +129,10 @@ def _warn_refused(mode: object) -> None:
 
 # Every setting diskcache reads from its Settings table, with our value: passed explicitly, so a
 # planted value never takes effect. METADATA rows are counters that must stay numbers.
-_SETTINGS: dict[str, object] = {**DEFAULT_SETTINGS, "eviction_policy": "least-recently-stored", "statistics": 0}
+# cull_limit 0: diskcache never evicts on its own (see the module docstring); ScoreCache._make_room does.
+_SETTINGS: dict[str, object] = {
+    **DEFAULT_SETTINGS, "eviction_policy": "least-recently-stored", "statistics": 0, "cull_limit": 0,
+}  # fmt: skip
 
 
 class _HardenedCache(diskcache.Cache):
@@ -115,6 +148,7 @@ class _HardenedCache(diskcache.Cache):
             self._local.pid = os.getpid()
         con = getattr(self._local, "con", None)
         if con is None:
+            refuse_links(Path(self._directory))
             con = self._local.con = sqlite3.connect(
                 os.path.join(self._directory, DBNAME), timeout=self._timeout, isolation_level=None
             )
@@ -122,6 +156,26 @@ class _HardenedCache(diskcache.Cache):
                 if key.startswith("sqlite_"):
                     self.reset(key, value, update=False)
         return con
+
+
+class LinkedDatabase(OSError):
+    """The database or one of SQLite's side files in the cache folder is a symlink (or not a file)."""
+
+
+_DB_FILES = (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm", f"{DBNAME}-journal")
+
+
+def refuse_links(directory: Path) -> None:
+    """Raise LinkedDatabase when the database or a side file SQLite would open is anything but a plain
+    file: SQLite follows links, so ``cache.db`` -> ``~/.bashrc`` would be written as a database."""
+    for name in _DB_FILES:
+        try:
+            mode = os.lstat(directory / name).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            kind = "a symlink" if stat.S_ISLNK(mode) else "not a plain file"
+            raise LinkedDatabase(f"{directory / name} is {kind} (planted?); not opening it")
 
 
 def check_settings_table(directory: Path) -> None:
@@ -225,6 +279,7 @@ class ScoreCache:
         # What "now" is when reading expiring (remote) entries; tests move it forward instead of sleeping.
         self.clock: Callable[[], float] = time.time
         _make_private_dir(directory)
+        refuse_links(directory)
         check_settings_table(directory)
         settings = {**_SETTINGS, "size_limit": size_limit}
         self._cache = _HardenedCache(str(directory), disk=SafeDisk, timeout=10, **settings)
@@ -235,6 +290,11 @@ class ScoreCache:
     def max_entries_per_write(self) -> int:
         """Entries one request may store: half the size limit, so it cannot evict everything else."""
         return max(self._cache.size_limit // (2 * ENTRY_BYTES), 1)
+
+    @property
+    def max_entries(self) -> int:
+        """Entries the size limit holds (``ENTRY_BYTES`` each); a write evicts the oldest past it."""
+        return max(self._cache.size_limit // ENTRY_BYTES, 1)
 
     def get_many(self, keys: list[str]) -> dict[str, float]:
         """The cached logits among ``keys``; unreadable rows count as misses.
@@ -277,12 +337,39 @@ class ScoreCache:
             logits = dict(list(logits.items())[: self.max_entries_per_write])
         try:
             with self._cache.transact(retry=True):
+                self._make_room(list(logits))
                 for key, logit in logits.items():
                     self._cache.set(key, _LOGIT.pack(logit), expire=expire, retry=True)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
             if not self._warned_write:
                 logger.warning("score cache %s could not be written (%s); results are not cached", self.directory, exc)
                 self._warned_write = True
+
+    def _make_room(self, keys: list[str]) -> None:
+        """Delete what must go for ``keys`` to fit under :attr:`max_entries`: expired rows, then the
+        oldest stored. Called inside the write's transaction, before its inserts."""
+        sql = self._cache._sql
+        stored = sql("SELECT COUNT(*) FROM Cache").fetchone()[0]
+        if stored + len(keys) <= self.max_entries:
+            return
+        sql("DELETE FROM Cache WHERE expire_time IS NOT NULL AND expire_time < ?", (time.time(),))
+        stored = sql("SELECT COUNT(*) FROM Cache").fetchone()[0]
+        excess = stored + len(keys) - self._count_present(keys) - self.max_entries
+        if excess > 0:
+            # Raw SQL, not diskcache's cull: no file is deleted (rows never name files; planted ones are refused).
+            sql(
+                "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache ORDER BY store_time, rowid LIMIT ?)",
+                (excess,),
+            )
+
+    def _count_present(self, keys: list[str]) -> int:
+        """How many of ``keys`` are stored already (a rewrite adds no row)."""
+        present = 0
+        for start in range(0, len(keys), _KEYS_PER_SELECT):
+            chunk = keys[start : start + _KEYS_PER_SELECT]
+            marks = ",".join("?" * len(chunk))
+            present += self._cache._sql(f"SELECT COUNT(*) FROM Cache WHERE key IN ({marks})", chunk).fetchone()[0]
+        return present
 
     def _warn_size(self, count: int) -> None:
         if not self._warned_size:

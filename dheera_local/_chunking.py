@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import InvalidRequestError
+from ._text_bound import prefix_for_tokens
 
 MAX_WINDOWS_PER_REQUEST = 10_000
 _WORD = re.compile(r"\S+")
@@ -106,7 +107,12 @@ def document_windows(query: str, texts: list[str], settings: ChunkSettings, coun
         windows = [[text] for text in texts]
     else:
         width = window_width(len(counter.spans(query)), counter.special_tokens, settings.max_length)
-        windows = [_windows_of(text, counter.spans(text), width, settings) for text in texts]
+        read = _tokens_read(width, settings)
+        windows = []
+        for text in texts:
+            # Windows are substrings of the prefix the limits let them reach: the rest is never tokenized.
+            text = prefix_for_tokens(text, read, lambda part: len(counter.spans(part)))
+            windows.append(_windows_of(text, counter.spans(text), width, settings))
     total = sum(len(w) for w in windows)
     if total > MAX_WINDOWS_PER_REQUEST:
         raise InvalidRequestError(
@@ -121,6 +127,13 @@ def document_windows(query: str, texts: list[str], settings: ChunkSettings, coun
 def window_width(query_tokens: int, special_tokens: int, max_length: int) -> int:
     """Document tokens per window; a very long query is truncated instead of starving the document."""
     return max(max_length - query_tokens - special_tokens, max_length // 4, 1)
+
+
+def _tokens_read(width: int, settings: ChunkSettings) -> int:
+    """Tokens of a document its windows can reach: ``max_tokens_per_doc``, else ``max_chunks_per_doc`` windows."""
+    if settings.max_tokens_per_doc is not None:
+        return settings.max_tokens_per_doc
+    return (settings.max_chunks_per_doc or 1) * width
 
 
 def _windows_of(text: str, spans: Spans, width: int, settings: ChunkSettings) -> list[str]:

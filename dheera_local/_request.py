@@ -18,6 +18,9 @@ from ._options import MIN_MAX_LENGTH, RerankOptions, build_options, check_flag, 
 # A query is cut to the model's window anyway (1,024 tokens at most by default, 8,192 positions for
 # the longest models); a longer one only costs memory, time and upload (HF hosted repeats it per pair).
 MAX_QUERY_CHARS = 100_000
+# A model reads a few thousand characters of a document (the rest is cut before tokenizing, see
+# _text_bound); beyond this the text only costs memory and upload. As the server's request body limit.
+MAX_DOCUMENT_BYTES = 10_000_000
 # Structured documents are flat records; deeper nesting only serves to exhaust a recursive parser.
 MAX_DOCUMENT_DEPTH = 32
 
@@ -55,7 +58,7 @@ def build_request(
     return RerankRequest(
         model=parse_model(model),
         query=_query(query),
-        texts=[_text_of(doc, index, fields) for index, doc in enumerate(docs)],
+        texts=[_bounded_size(_text_of(doc, index, fields), index) for index, doc in enumerate(docs)],
         documents=[{"text": doc} if isinstance(doc, str) else dict(doc) for doc in docs],
         top_n=check_optional_int(top_n, "top_n"),
         return_documents=check_flag(return_documents, "return_documents"),
@@ -148,6 +151,21 @@ def _text_of(doc: str | dict[str, Any], index: int, rank_fields: list[str] | Non
         )
     # Cohere scores structured documents as "field: value" lines, in rank_fields order.
     return "\n".join(f"{name}: {_field_text(doc[name])}" for name in present)
+
+
+def _bounded_size(text: str, index: int) -> str:
+    """``text`` unless its UTF-8 form exceeds MAX_DOCUMENT_BYTES (counted only when it might)."""
+    if len(text) * 4 <= MAX_DOCUMENT_BYTES:
+        return text
+    if len(text) > MAX_DOCUMENT_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
+        raise InvalidRequestError(
+            f"documents[{index}] is more than {MAX_DOCUMENT_BYTES:,} bytes of UTF-8 ({len(text):,} characters), "
+            "the limit per document (a model reads at most max_length tokens of it, or max_tokens_per_doc when "
+            "chunking). Send the part to be scored",
+            field="documents",
+            index=index,
+        )
+    return text
 
 
 def _field_text(value: object) -> str:

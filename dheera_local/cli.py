@@ -165,6 +165,28 @@ def _add_serve(commands: Any) -> None:
         "--allow-unauthenticated", action="store_true", default=_env_flag("DHEERA_ALLOW_UNAUTHENTICATED"),
         help="allow a non-loopback host without a master key (env DHEERA_ALLOW_UNAUTHENTICATED=1)",
     )  # fmt: skip
+    limits = parser.add_argument_group("connection limits (override config.yaml's general_settings)")
+    limits.add_argument("--header-timeout", type=_positive(float), metavar="S",
+                        help="seconds to send a request head, else 408 and closed (default 10)")  # fmt: skip
+    limits.add_argument("--body-timeout", type=_positive(float), metavar="S",
+                        help="seconds to send a request body once its head is in (default 60)")  # fmt: skip
+    limits.add_argument("--keep-alive-timeout", type=_positive(float), metavar="S",
+                        help="seconds an idle connection stays open (default 5)")  # fmt: skip
+    limits.add_argument("--max-connections", type=_positive(int), metavar="N",
+                        help="open connections; beyond: 503 (default: half the open-file limit, at most 1024)")
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    return parse
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -353,7 +375,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
-    return serve(args.config, host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated)
+    limits = {name: getattr(args, name) for name in ("header_timeout", "body_timeout", "keep_alive_timeout",
+                                                      "max_connections")}  # fmt: skip
+    return serve(
+        args.config, host=args.host, port=args.port, allow_unauthenticated=args.allow_unauthenticated, limits=limits
+    )
 
 
 if __name__ == "__main__":

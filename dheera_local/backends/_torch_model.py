@@ -29,6 +29,7 @@ from .._discovery import LocalWeights, configured_max_length
 from .._errors import LocalBackendError
 from .._hardware import dtype_name
 from .._kernel_verdicts import VerdictStore, probe_key
+from .._text_bound import prefix_for_tokens
 from .._token_budget import plan_batches
 
 logger = logging.getLogger("dheera_local")
@@ -39,6 +40,12 @@ QUERY_CHARS_PER_TOKEN = 4
 QUERY_CUT_MARGIN = 8
 # The load-time kernel probe's longest pair (or the model's limit, if shorter).
 PROBE_MAX_LENGTH = 128
+# On CPU a batch is padded to a multiple of this many tokens. oneDNN keeps a primitive (and its
+# scratch memory) per input shape it has seen, up to 1,024 of them: with every width from 5 to 512 tokens
+# times every row count, the proxy grew 672 -> 1,049 MB over 8,237 requests and still rising (issue 26).
+# Widths in steps of 16 leave max_length / 16 of them; the padding is attention-masked (scores unchanged
+# within float rounding, tested) and costs ~8 tokens a row.
+CPU_WIDTH_STEP = 16
 
 
 _quiet_lock = threading.Lock()
@@ -157,7 +164,8 @@ class LocalModel:
         if not pairs:
             return []
         encoded = self._tokenize(pairs, max_length)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
+        # Planned at their padded width, so the token budget counts the padding it will hold.
+        lengths = [self._padded_width(len(ids), max_length) for ids in encoded["input_ids"]]
         out: list[float] = [0.0] * len(pairs)
         with self._lock:
             if self._budget_cap is not None:
@@ -166,7 +174,7 @@ class LocalModel:
             while pending:
                 batch = pending.pop(0)
                 try:
-                    values = self._forward(encoded, batch)
+                    values = self._forward(encoded, batch, max(lengths[i] for i in batch))
                 except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                     if not _is_out_of_memory(exc):
                         raise
@@ -182,9 +190,10 @@ class LocalModel:
         return out
 
     def _tokenize(self, pairs: list[tuple[str, str]], max_length: int) -> dict[str, list[list[int]]]:
-        texts = [text for _, text in pairs]
         # "longest_first" truncation, as CrossEncoder.predict does, so scores match it exactly.
         with self._tokenizer_lock:
+            # A document keeps at most max_length tokens of the pair: tokenize only the prefix holding them.
+            texts = [prefix_for_tokens(text, max_length, self._count_tokens) for _, text in pairs]
             bounded: dict[str, str] = {}
             queries = []
             for query, _ in pairs:
@@ -192,6 +201,9 @@ class LocalModel:
                     bounded[query] = self._bounded(query, max_length)
                 queries.append(bounded[query])
             return self.tokenizer(queries, texts, truncation="longest_first", max_length=max_length, padding=False)
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
 
     def _bounded(self, query: str, max_length: int) -> str:
         """``query`` cut a few tokens past ``max_length`` (once per request, not once per pair).
@@ -209,16 +221,24 @@ class LocalModel:
         return query[: offsets[-1][1]] if len(offsets) >= keep else query
 
     @torch.inference_mode()
-    def _forward(self, encoded: dict[str, list[list[int]]], batch: list[int]) -> list[float]:
-        features = self._pad(encoded, batch)
+    def _forward(self, encoded: dict[str, list[list[int]]], batch: list[int], width: int) -> list[float]:
+        features = self._pad(encoded, batch, width)
         logits = self.network(**features).logits.float()  # upcast before anything else: fp16 ties
         if self.num_labels == 2:
             # Two-class rerankers: the log-odds of "relevant", so sigmoid() gives its softmax probability.
             return (logits[:, 1] - logits[:, 0]).tolist()
         return logits[:, 0].tolist()
 
-    def _pad(self, encoded: dict[str, list[list[int]]], batch: list[int]) -> dict[str, torch.Tensor]:
-        width = max(len(encoded["input_ids"][i]) for i in batch)
+    def _padded_width(self, length: int, max_length: int) -> int:
+        """``length`` rounded up to CPU_WIDTH_STEP on CPU (never past max_length); as is elsewhere."""
+        if self.device != "cpu":
+            return length
+        return max(length, min(-(-length // CPU_WIDTH_STEP) * CPU_WIDTH_STEP, max_length))
+
+    def _pad(
+        self, encoded: dict[str, list[list[int]]], batch: list[int], width: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        width = max(width or 0, *(len(encoded["input_ids"][i]) for i in batch))
         pad_ids = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0, "attention_mask": 0}
         features = {}
         for name in ("input_ids", "token_type_ids", "attention_mask"):

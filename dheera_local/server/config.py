@@ -112,6 +112,13 @@ class GeneralSettings(_Section):
     metrics: bool = Field(default=True, description="serve Prometheus metrics at GET /metrics")
     metrics_require_auth: bool = Field(default=False, description="put /metrics behind the master key")
     graceful_shutdown_timeout: float = Field(default=30.0, gt=0)
+    # Connection limits (server/connections.py); the CLI's --header-timeout etc. override them.
+    header_timeout: float = Field(default=10.0, gt=0, description="seconds to a complete request head, else 408")
+    body_timeout: float = Field(default=60.0, gt=0, description="seconds from the head to the body's end")
+    keep_alive_timeout: float = Field(default=5.0, gt=0, description="idle seconds before a connection is closed")
+    max_connections: int | None = Field(
+        default=None, ge=1, description="beyond it: 503 and closed (default: half the open-file limit, <= 1,024)"
+    )
 
     @field_validator("master_key")
     @classmethod

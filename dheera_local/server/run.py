@@ -23,7 +23,8 @@ from fastapi import FastAPI
 from .._errors import ConfigError, DheeraError
 from .._secrets import install as install_masking
 from .app import create_app
-from .config import load_config
+from .config import GeneralSettings, load_config
+from .connections import ConnectionLimits, default_backlog, default_max_connections, limited_protocol
 from .state import ServerState
 
 logger = logging.getLogger("dheera_local.server")
@@ -38,7 +39,12 @@ class UnsafeBindError(DheeraError):
 
 
 def serve(
-    config_path: str | Path, *, host: str | None = None, port: int = DEFAULT_PORT, allow_unauthenticated: bool = False
+    config_path: str | Path,
+    *,
+    host: str | None = None,
+    port: int = DEFAULT_PORT,
+    allow_unauthenticated: bool = False,
+    limits: dict[str, float] | None = None,
 ) -> int:
     """Run the proxy until interrupted; returns the process exit status (1 for a bad config).
 
@@ -47,11 +53,15 @@ def serve(
         host: Bind address (default: 0.0.0.0 with a master key, else 127.0.0.1).
         port: TCP port (default 4000).
         allow_unauthenticated: Allow a non-loopback ``host`` without a master key.
+        limits: Overrides of ``general_settings`` connection limits (``header_timeout``, ``body_timeout``,
+            ``keep_alive_timeout``, ``max_connections``), from the command line.
     """
     try:
         config = load_config(config_path)
+        general = config.general_settings.model_copy(update={k: v for k, v in (limits or {}).items() if v})
         bind = bind_host(host, config.master_key is not None, allow_unauthenticated)
         app = create_app(config)
+        connections = connection_limits(general)
     except (ConfigError, UnsafeBindError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -66,6 +76,9 @@ def serve(
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=int(config.general_settings.graceful_shutdown_timeout),
+            http=limited_protocol(connections),
+            backlog=connections.backlog,
+            timeout_keep_alive=general.keep_alive_timeout,  # type: ignore[arg-type] (uvicorn takes any number)
         )  # fmt: skip
     )
     try:
@@ -73,6 +86,16 @@ def serve(
     except SystemExit as exc:  # uvicorn exits when it cannot bind or start; it has logged why
         return exc.code if isinstance(exc.code, int) else 1
     return 0 if server.started else 1
+
+
+def connection_limits(general: GeneralSettings) -> ConnectionLimits:
+    """The limits one connection is held to, from ``general_settings``."""
+    return ConnectionLimits(
+        header_timeout=general.header_timeout,
+        body_timeout=general.body_timeout,
+        max_connections=general.max_connections or default_max_connections(),
+        backlog=default_backlog(),
+    )
 
 
 def bind_host(host: str | None, authenticated: bool, allow_unauthenticated: bool) -> str:
