@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import SecretStr
 
 from .._errors import RemoteBackendError
+from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy, asend, gather_bounded, run_concurrently, send
 
 MAX_BODY_BYTES = 2_000_000
@@ -166,11 +167,34 @@ def _merge(count: int, groups: list[list[int]], parts: list[list[float]]) -> lis
 
 
 def as_float(value: Any) -> float | None:
-    """A finite float from a JSON number, else None."""
+    """A finite float from a JSON number, else None (JSON integers have no size limit: 1e400 overflows)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
     return value if math.isfinite(value) else None
+
+
+def scores_in_order(
+    entries: list[Any], count: int, score_field: str, refuse: Callable[[str], Exception], *, kind: str, of: str
+) -> list[float]:
+    """The scores of ``[{"index", score_field}]`` entries in input order; ``refuse(problem)`` unless every
+    index 0..count-1 appears exactly once (an integer, not ``true``) with a finite score. ``kind`` names an
+    entry ("rank", "result") and ``of`` what was sent ("texts", "documents") in the messages."""
+    scores: dict[int, float] = {}
+    for item in entries:
+        index = item.get("index") if isinstance(item, dict) else None
+        score = as_float(item.get(score_field)) if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < count or score is None:
+            raise refuse(f"bad {kind} entry {quote(item, 80)}")
+        if index in scores:
+            raise refuse(f"index {index} appears twice")
+        scores[index] = score
+    if len(scores) != count:
+        raise refuse(f"{len(scores)} {kind}s for {count} {of}")
+    return [scores[i] for i in range(count)]
 
 
 def probability_to_logit(score: float) -> float:

@@ -7,14 +7,14 @@ into logits (the inverse sigmoid), so the orchestrator's sigmoid gives the serve
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy
-from ._remote import RemoteBackend, as_float, group_by_limits, probability_to_logit
+from ._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order
 
 DOCUMENTS_PER_REQUEST = 1000
 
@@ -75,13 +75,6 @@ class CohereBackend(RemoteBackend):
             results = body.get("results", body.get("data"))
         if not isinstance(results, list):
             raise self.unexpected(self.url, "expected an object with a results (or data) array")
-        scores: dict[int, float] = {}
-        for item in results:
-            index = item.get("index") if isinstance(item, dict) else None
-            score = as_float(item.get("relevance_score")) if isinstance(item, dict) else None
-            if not isinstance(index, int) or not 0 <= index < count or score is None:
-                raise self.unexpected(self.url, f"bad result entry {quote(item, 80)}")
-            scores[index] = probability_to_logit(score)
-        if len(scores) != count:
-            raise self.unexpected(self.url, f"{len(scores)} results for {count} documents")
-        return [scores[i] for i in range(count)]
+        refuse = functools.partial(self.unexpected, self.url)
+        scores = scores_in_order(results, count, "relevance_score", refuse, kind="result", of="documents")
+        return [probability_to_logit(score) for score in scores]

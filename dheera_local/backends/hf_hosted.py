@@ -72,7 +72,10 @@ class HFHostedBackend(RemoteBackend):
             score = as_float(label.get("score")) if isinstance(label, dict) else None
             if score is None:
                 raise self.unexpected(self.url, f"bad label entry {quote(label, 80)}")
-            scores[str(label.get("label", ""))] = score
+            name = str(label.get("label", ""))
+            if name in scores:  # which of the two is the score? refuse rather than guess
+                raise self.unexpected(self.url, f"label {quote(name, 40)} appears twice for one pair")
+            scores[name] = score
         if len(scores) == 1:
             return next(iter(scores.values()))
         if len(scores) == 2:

@@ -9,15 +9,15 @@ and at most 2 MB of JSON. TEI has no ``top_n``: the orchestrator applies it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from typing import Any
 
 from pydantic import SecretStr
 
 from .._errors import RemoteBackendError
-from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy, asend, send
-from ._remote import RemoteBackend, as_float, group_by_limits
+from ._remote import RemoteBackend, group_by_limits, scores_in_order
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 32
 INFO_TIMEOUT = 10.0
@@ -109,13 +109,5 @@ class TEIBackend(RemoteBackend):
         url = self.base + "/rerank"
         if not isinstance(body, list):
             raise self.unexpected(url, f"expected a JSON array of {{index, score}}, got {type(body).__name__}")
-        scores: dict[int, float] = {}
-        for item in body:
-            index = item.get("index") if isinstance(item, dict) else None
-            score = as_float(item.get("score")) if isinstance(item, dict) else None
-            if not isinstance(index, int) or not 0 <= index < count or score is None:
-                raise self.unexpected(url, f"bad rank entry {quote(item, 80)}")
-            scores[index] = score
-        if len(scores) != count:
-            raise self.unexpected(url, f"{len(scores)} scores for {count} texts")
-        return [scores[i] for i in range(count)]
+        refuse = functools.partial(self.unexpected, url)
+        return scores_in_order(body, count, "score", refuse, kind="rank", of="texts")
