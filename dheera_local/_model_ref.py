@@ -58,7 +58,7 @@ def parse_model(model: object) -> ModelRef:
         return _hub_ref(text, text[len(HF_PREFIX) :])
     if text.startswith(COHERE_PREFIX) and len(text) > len(COHERE_PREFIX):
         return ModelRef(text, ModelKind.NAMED, name=text[len(COHERE_PREFIX) :])
-    folder = Path(text).expanduser()
+    folder = _expand(Path(text))
     if _is_dir(folder):
         return ModelRef(text, ModelKind.PATH, name=text, path=folder.resolve())
     if text.startswith(_PATH_PREFIXES):
@@ -81,6 +81,14 @@ def _check_spelling(text: str) -> None:
         raise InvalidRequestError(
             f"model {shown(text)} holds the character {bad!r}; model names are printable UTF-8 text", field="model"
         )
+
+
+def _expand(path: Path) -> Path:
+    """``~`` and ``~user`` expanded; as written when there is no such user (``expanduser`` raises then)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
 
 
 def _is_dir(folder: Path) -> bool:

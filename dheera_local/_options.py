@@ -70,7 +70,10 @@ def _optional_path(value: object, name: str) -> Path | None:
     if value is None:
         return None
     if isinstance(value, (str, Path)):
-        return Path(value).expanduser()
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:  # ~user with no such user
+            raise InvalidRequestError(f"{name} {shown(str(value))}: no such user's home folder", field=name) from None
     raise InvalidRequestError(f"{name} must be a folder path, got {type(value).__name__}", field=name)
 
 

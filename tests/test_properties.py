@@ -369,3 +369,56 @@ def test_a_key_holds_no_secret(identity: ModelIdentity, query: str, document: st
     key = cache_key(leaky, query, document)
     assert len(key) == 64 and set(key) <= set(string.hexdigits.lower())
     assert secret.lower() not in key
+
+
+@pytest.mark.parametrize("timeout", [10**400, "nan", float("nan"), "inf", float("inf"), "1e400", 0, -1.5])
+def test_a_timeout_must_be_a_positive_finite_number(timeout: Any) -> None:
+    with pytest.raises(InvalidRequestError, match="positive, finite number of seconds") as caught:
+        build_request("cohere/some-model", "query", ["doc"], timeout=timeout)
+    assert caught.value.field == "timeout"
+
+
+def test_an_integer_too_long_to_print_is_refused_with_a_short_message() -> None:
+    # repr() of an integer past 4,300 digits raises ValueError: the message must not.
+    for kwargs in ({"top_n": -(10**5000)}, {"return_documents": [10**5000]}, {"backend": 10**5000}):
+        with pytest.raises(InvalidRequestError) as caught:
+            build_request("cohere/some-model", "query", ["doc"], **kwargs)
+        assert caught.value.field == next(iter(kwargs)) and len(str(caught.value)) < 300
+
+
+def test_an_object_document_json_cannot_hold_names_the_document() -> None:
+    documents = [{"title": "fine"}, {"title": {(1, 2): "a tuple key"}}]
+    with pytest.raises(InvalidRequestError, match=r"documents\[1\]\.title cannot be scored as JSON") as caught:
+        build_request("cohere/some-model", "query", documents, rank_fields=["title"])
+    assert (caught.value.field, caught.value.index) == ("documents", 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "problem"),
+    [
+        ("org/" + "m" * 5000, "5,004 characters"),  # was OSError: File name too long
+        ("cohere/\ud800", "holds the character '\\ud800'"),  # sent on, then failed to encode
+        ("org/na\x00me", "holds the character '\\x00'"),
+        ("my-model\ninjected log line", "holds the character '\\n'"),
+    ],
+)
+def test_a_model_string_no_model_can_have_is_refused_naming_model(model: str, problem: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        build_request(model, "query", ["doc"])
+    assert caught.value.field == "model" and problem in str(caught.value)
+
+
+def test_a_home_folder_of_no_such_user_is_refused_naming_the_field() -> None:
+    # Path("~nobody").expanduser() raises RuntimeError: it escaped from rerank().
+    with pytest.raises(InvalidRequestError, match="does not exist") as caught:
+        build_request("~no-such-user-4242/model", "query", ["doc"])
+    assert caught.value.field == "model"
+    with pytest.raises(InvalidRequestError, match="no such user") as caught:
+        build_request("cohere/some-model", "query", ["doc"], cache_dir="~no-such-user-4242/cache")
+    assert caught.value.field == "cache_dir"
+
+
+def test_quoting_a_remote_value_never_fails() -> None:
+    from dheera_local._secrets import quote
+
+    assert "too long to print" in quote({"index": 10**5000}, 80)
