@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,27 @@ def test_cli_score_refuses_the_typo_before_writing_or_calling(
     one_error_line(capsys, status, name)
     assert tei.paths() == []
     assert not output.exists()
+
+
+@pytest.mark.parametrize(("name", "value"), TYPOS, ids=IDS)
+def test_cli_score_on_ray_refuses_the_typo_before_ray_starts(
+    tei: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, value: str
+) -> None:
+    ray_was_imported = "ray" in sys.modules  # by test_ray.py, when it ran first in this process
+    flag = "--" + name.replace("_", "-")
+    argv = ["score", "--model", MODEL, "--input", str(tmp_path / "pairs.jsonl"), "--output", str(tmp_path / "out")]
+    status = run_cli([*argv, "--engine", "ray", "--api-base", tei.url, "-q", flag, value])
+    one_error_line(capsys, status, name)
+    assert tei.paths() == []
+    assert ray_was_imported or "ray" not in sys.modules, "refused before Ray was even imported"
+
+
+def test_ray_functions_refuse_the_typo_before_ray_starts(tmp_path: Path) -> None:
+    from dheera_local.ray import run_pipeline, score_dataset
+
+    refused(lambda: score_dataset(None, MODEL, dtype="flaot16"), "dtype")
+    refused(lambda: run_pipeline(tmp_path / "in.jsonl", tmp_path / "out", MODEL, device="cpux"), "device")
+    refused(lambda: run_pipeline(tmp_path / "in.jsonl", tmp_path / "out", "cohere/\ud800"), "model")
 
 
 # config.yaml ----------------------------------------------------------------------------------
