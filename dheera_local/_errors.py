@@ -124,6 +124,20 @@ class ConfigError(DheeraError):
         self.path = path
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters. Never fails: a caller's value may
+    be an integer past Python's 4,300-digit ``repr`` limit, or a list of millions of items."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return f"an integer of {value.bit_length():,} bits"
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    try:
+        text = repr(value)
+    except Exception:  # a nested huge int, or a caller's object whose __repr__ fails: any exception
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 __all__ = [
     "AllBackendsFailedError",
     "BackendError",

@@ -8,12 +8,14 @@ model is planned), not when this module is.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import InvalidRequestError
+from ._errors import InvalidRequestError, shown
 
 _DTYPE_NAMES = {
     "float32": "float32",
@@ -25,6 +27,47 @@ _DTYPE_NAMES = {
     "fp16": "float16",
     "half": "float16",
 }
+
+
+# torch.device's types (torch 2.x), and "npu", the name Ascend's torch_npu gives torch's privateuse1 backend.
+DEVICE_TYPES = (
+    "cpu", "cuda", "mps", "xpu", "hip", "xla", "meta", "hpu", "mtia", "maia", "ipu", "ve", "fpga", "lazy", "vulkan",
+    "opengl", "opencl", "ideep", "mkldnn", "privateuseone", "npu",
+)  # fmt: skip
+_DEVICE = re.compile(r"([a-z]+)(?::(0|[1-9][0-9]*))?")
+
+
+def check_device(value: object, name: str = "device") -> str | None:
+    """``value`` if it spells a torch device (``auto``, ``cpu``, ``cuda:1``...), checked without torch: a typo is
+    refused when the request is made, whichever backend would serve it. Whether this machine has that device
+    is :func:`resolve_device`'s question, asked when a local model is planned."""
+    if value is None or value == "auto":
+        return value
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{name} must be a string such as 'cpu' or 'cuda:0', got {shown(value)}", field=name)
+    match = _DEVICE.fullmatch(value)
+    if match is None or match.group(1) not in DEVICE_TYPES:
+        kind = value.split(":", 1)[0].strip().lower()
+        hint = ["cuda"] if kind == "gpu" else difflib.get_close_matches(kind, ("auto", *DEVICE_TYPES), n=1)
+        raise InvalidRequestError(
+            f"{name} {shown(value)} is not a torch device: use auto, cpu, cuda, cuda:N, mps or xpu"
+            + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+            field=name,
+        )
+    return value
+
+
+def check_dtype(value: object, name: str = "dtype") -> str | None:
+    """``value`` if it names a precision (``auto``, ``float16``, ``bf16``...), checked without torch."""
+    if value is None or value == "auto" or (isinstance(value, str) and value.lower() in _DTYPE_NAMES):
+        return value
+    names = ("auto", *_DTYPE_NAMES)
+    hint = difflib.get_close_matches(value.lower(), names, n=1) if isinstance(value, str) else []
+    raise InvalidRequestError(
+        f"{name} {shown(value)} is not one of: {', '.join(sorted(names))}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+        field=name,
+    )
 
 
 @dataclass(frozen=True)

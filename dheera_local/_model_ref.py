@@ -13,15 +13,18 @@ The documented rule, applied here and in the selector and nowhere else:
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ._errors import InvalidRequestError
+from ._errors import InvalidRequestError, shown
 
 HF_PREFIX = "huggingface/"
 COHERE_PREFIX = "cohere/"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+# PATH_MAX on Linux; hub ids are far shorter (96 characters per part).
+MAX_MODEL_CHARS = 4096
 _PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 _HUB_PART = re.compile(r"^\w(?:[\w.\-]*\w)?$")
 MAX_HUB_PART = 96
@@ -48,10 +51,11 @@ def parse_model(model: object) -> ModelRef:
     """Parse a model string; raises InvalidRequestError naming the ``model`` field."""
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequestError(
-            f"model must be a non-empty string such as 'huggingface/BAAI/bge-reranker-base', got {model!r}",
+            f"model must be a non-empty string such as 'huggingface/BAAI/bge-reranker-base', got {shown(model)}",
             field="model",
         )
     text = model.strip()
+    _check_spelling(text)
     if text.startswith(HF_PREFIX):
         return _hub_ref(text, text[len(HF_PREFIX) :])
     if text.startswith(COHERE_PREFIX) and len(text) > len(COHERE_PREFIX):
@@ -65,6 +69,21 @@ def parse_model(model: object) -> ModelRef:
         _check_hub_id(text, text)
         return ModelRef(text, ModelKind.HUB, name=text, hub_id=text)
     return ModelRef(text, ModelKind.NAMED, name=text)
+
+
+def _check_spelling(text: str) -> None:
+    """A model string is sent to endpoints and written in logs: no lone surrogate, no control character,
+    and no longer than a path may be."""
+    if len(text) > MAX_MODEL_CHARS:
+        raise InvalidRequestError(
+            f"model is {len(text):,} characters; a hub id, folder or served name has at most {MAX_MODEL_CHARS:,}",
+            field="model",
+        )
+    bad = next((char for char in text if unicodedata.category(char) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"model {shown(text)} holds the character {bad!r}; model names are printable UTF-8 text", field="model"
+        )
 
 
 def _hub_ref(text: str, hub_id: str) -> ModelRef:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from . import _secrets as secrets
-from ._errors import InvalidRequestError
+from ._errors import InvalidRequestError, shown
+from ._hardware import check_device, check_dtype
 
 BACKENDS = ("auto", "local", "remote")
 API_FORMATS = ("tei", "cohere", "hf")
@@ -36,7 +38,7 @@ def check_flag(value: object, name: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise InvalidRequestError(f"{name} must be true or false, got {value!r}", field=name)
+        raise InvalidRequestError(f"{name} must be true or false, got {shown(value)}", field=name)
     return value
 
 
@@ -44,9 +46,9 @@ def check_optional_int(value: object, name: str, minimum: int = 1) -> int | None
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequestError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+        raise InvalidRequestError(f"{name} must be an integer >= {minimum}, got {shown(value)}", field=name)
     if value < minimum:
-        raise InvalidRequestError(f"{name} must be >= {minimum}, got {value}", field=name)
+        raise InvalidRequestError(f"{name} must be >= {minimum}, got {shown(value)}", field=name)
     return value
 
 
@@ -54,18 +56,12 @@ def _max_length(value: object, name: str) -> int | None:
     return check_optional_int(value, name, MIN_MAX_LENGTH)
 
 
-def _optional_str(value: object, name: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}", field=name)
-
-
 def _choice(choices: tuple[str, ...], optional: bool = False) -> Callable[[object, str], Any]:
     def check(value: object, name: str) -> str | None:
         if value is None and optional:
             return None
         if value not in choices:
-            raise InvalidRequestError(f"{name} must be one of {', '.join(choices)}; got {value!r}", field=name)
+            raise InvalidRequestError(f"{name} must be one of {', '.join(choices)}; got {shown(value)}", field=name)
         return str(value)
 
     return check
@@ -75,7 +71,10 @@ def _optional_path(value: object, name: str) -> Path | None:
     if value is None:
         return None
     if isinstance(value, (str, Path)):
-        return Path(value).expanduser()
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:  # ~user with no such user
+            raise InvalidRequestError(f"{name} {shown(str(value))}: no such user's home folder", field=name) from None
     raise InvalidRequestError(f"{name} must be a folder path, got {type(value).__name__}", field=name)
 
 
@@ -83,8 +82,8 @@ def _api_base(value: object, name: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        shown = secrets.mask(without_userinfo(value)) if isinstance(value, str) else value
-        raise InvalidRequestError(f"{name} must be an http:// or https:// URL, got {shown!r}", field=name)
+        displayed = repr(secrets.mask(without_userinfo(value))) if isinstance(value, str) else shown(value)
+        raise InvalidRequestError(f"{name} must be an http:// or https:// URL, got {displayed}", field=name)
     try:
         parts = urlsplit(value)
         user, password = parts.username, parts.password
@@ -130,14 +129,20 @@ def _api_key(value: object, name: str) -> SecretStr | None:
 def _timeout(value: object, name: str) -> float | None:
     if value is None:
         return None
+    seconds = value
     if isinstance(value, str):
         try:
-            value = float(value)
+            seconds = float(value)
         except ValueError as exc:
-            raise InvalidRequestError(f"{name} must be a number of seconds, got {value!r}", field=name) from exc
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise InvalidRequestError(f"{name} must be a positive number of seconds, got {value!r}", field=name)
-    return float(value)
+            raise InvalidRequestError(f"{name} must be a number of seconds, got {shown(value)}", field=name) from exc
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        seconds = float(seconds) if seconds.bit_length() < 1024 else math.inf  # float() overflows past 1e308
+    # NaN compares false both ways: "nan" and float("nan") are refused with the infinities.
+    if not isinstance(seconds, float) or not 0 < seconds < math.inf:
+        raise InvalidRequestError(
+            f"{name} must be a positive, finite number of seconds, got {shown(value)}", field=name
+        )
+    return seconds
 
 
 def _option(
@@ -179,9 +184,9 @@ class RerankOptions:
     )  # fmt: skip
     cache_dir: Path | None = _option(None, _optional_path, "score cache folder", cli={})
     device: str | None = _option(
-        None, _optional_str, "torch device for the local backend (default: auto)", cli={}, config=str | None
+        None, check_device, "torch device for the local backend (default: auto)", cli={}, config=str | None
     )
-    dtype: str | None = _option(None, _optional_str, "auto, float32, bfloat16 or float16", cli={}, config=str | None)
+    dtype: str | None = _option(None, check_dtype, "auto, float32, bfloat16 or float16", cli={}, config=str | None)
     max_length: int | None = _option(
         None, _max_length, "tokens per (query, document) pair; longer pairs are truncated",
         cli={"type": int}, config=int | None,

@@ -150,7 +150,7 @@ def _text_of(doc: str | dict[str, Any], index: int, rank_fields: list[str] | Non
             f"documents[{index}] has none of the rank_fields {rank_fields}", field="documents", index=index
         )
     # Cohere scores structured documents as "field: value" lines, in rank_fields order.
-    return "\n".join(f"{name}: {_field_text(doc[name])}" for name in present)
+    return "\n".join(f"{name}: {_field_text(doc[name], name, index)}" for name in present)
 
 
 def _bounded_size(text: str, index: int) -> str:
@@ -168,8 +168,18 @@ def _bounded_size(text: str, index: int) -> str:
     return text
 
 
-def _field_text(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+def _field_text(value: object, name: str, index: int) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError) as exc:  # a key JSON cannot hold (a tuple), an integer past 4,300 digits
+        raise InvalidRequestError(
+            f"documents[{index}].{name} cannot be scored as JSON text ({exc}); send strings, numbers, lists "
+            "and objects with string keys",
+            field="documents",
+            index=index,
+        ) from None
 
 
 def _check_object(doc: dict[str, Any], index: int) -> None:

@@ -113,7 +113,11 @@ def mask(text: str) -> str:
 
 def quote(value: object, limit: int) -> str:
     """``str(value)``, masked, then cut to ``limit`` characters: for quoting what a server sent."""
-    return mask(str(value))[:limit]
+    try:
+        text = str(value)
+    except ValueError:  # an integer past Python's 4,300-digit limit, somewhere inside value
+        text = f"<a {type(value).__name__} holding an integer too long to print>"
+    return mask(text)[:limit]
 
 
 def escape_controls(text: str) -> str:

@@ -23,6 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ._errors import InvalidRequestError
+from ._model_ref import parse_model
+from ._options import OPTION_NAMES, build_options
 from ._orchestrator import Reranker
 from .score.rows import text_problem
 from .score.workers import Engine, score_chunk
@@ -150,6 +152,13 @@ def _with_columns(batch: Any, columns: dict[str, list[Any]]) -> Any:
     return {**batch, **{name: np.asarray(values) for name, values in columns.items()}}
 
 
+def check_engine_options(model: str, options: dict[str, Any]) -> None:
+    """Refuse a bad ``model`` or ``rerank()`` option here, on the driver, before Ray starts: inside an actor
+    the same typo surfaces only after the cluster started and read the data, wrapped in Ray's errors."""
+    parse_model(model)
+    build_options(**{name: value for name, value in options.items() if name in OPTION_NAMES})
+
+
 def score_dataset(
     dataset: Any, model: str, *, actors: int | None = None, gpus_per_actor: float | None = None,
     cpus_per_actor: float = 1, batch_size: int = DEFAULT_BATCH_SIZE, **scorer_options: Any,
@@ -166,6 +175,7 @@ def score_dataset(
         batch_size: Rows per batch handed to an actor (its token-budget batching splits it further).
         **scorer_options: :class:`PairScorer` arguments and :func:`dheera_local.rerank` options.
     """
+    check_engine_options(model, scorer_options)
     ray = import_ray()
     resources = ray.cluster_resources()
     if gpus_per_actor is None:
@@ -262,6 +272,7 @@ def run_pipeline(
     Returns:
         Rows written, when ``output`` is a local folder (else None).
     """
+    check_engine_options(model, score_options)
     ray = import_ray()
     local = Path(output) if "://" not in str(output) else None
     if local is not None and local.exists() and any(local.iterdir()):

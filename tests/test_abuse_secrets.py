@@ -215,7 +215,7 @@ def test_the_cli_masks_every_logger_at_debug(servers: Servers, tiny_bert: Path) 
 
 TEI_BAD = [
     ([{"index": 0, "score": 1.0}, {"index": 1, "score": 2.0}, {"index": 2, "score": 3.0}, {"index": 0, "score": 4.0}],
-     "index 0 answered twice"),
+     "index 0 appears twice"),
     ([{"index": True, "score": 1.0}, {"index": 0, "score": 2.0}, {"index": 2, "score": 3.0}], "bad rank entry"),
     ([{"index": 1.0, "score": 1.0}, {"index": 0, "score": 2.0}, {"index": 2, "score": 3.0}], "bad rank entry"),
     ([{"index": 0, "score": 1.0}, {"index": 1, "score": 2.0}], "2 ranks for 3 texts"),
@@ -233,7 +233,7 @@ def test_a_tei_answer_with_a_wrong_entry_count_a_duplicate_or_a_non_integer_inde
 
 
 @pytest.mark.parametrize(("results", "problem"), [
-    ([{"index": i % 3, "relevance_score": 0.5} for i in range(4)], "index 0 answered twice"),
+    ([{"index": i % 3, "relevance_score": 0.5} for i in range(4)], "index 0 appears twice"),
     ([{"index": True, "relevance_score": 0.5}, {"index": 0, "relevance_score": 0.5},
       {"index": 2, "relevance_score": 0.5}], "bad result entry"),
 ])  # fmt: skip
@@ -250,7 +250,7 @@ def test_an_hf_answer_naming_a_label_twice_is_refused(servers: Servers, tiny_ber
     hf = servers.hf({"tiny-org/remote-only": tiny_bert})
     labels = [{"label": "LABEL_1", "score": 0.9}, {"label": "LABEL_1", "score": 0.1}]
     hf.always = Fault(200, body=[labels] * len(DOCS))
-    with pytest.raises(AllBackendsFailedError, match="'LABEL_1' answered twice"):
+    with pytest.raises(AllBackendsFailedError, match="'LABEL_1' appears twice"):
         Reranker(retry=FAST).rerank(
             "tiny-org/remote-only", QUERY, DOCS, api_base=hf.url + "/models/tiny-org/remote-only", api_format="hf",
             cache=False,

@@ -227,9 +227,8 @@ def test_yaml_syntax_errors_and_missing_files(tmp_path: Path) -> None:
     ],
 )
 def test_a_model_that_can_never_be_served_stops_startup(params: dict[str, Any], path: str, hint: str) -> None:
-    config = parse_config({"model_list": [entry(params)]}, source="config.yaml")
-    with pytest.raises(ConfigError) as info:
-        create_app(config)
+    with pytest.raises(ConfigError) as info:  # a misspelt dtype is refused on reading, a missing GPU on planning
+        create_app(parse_config({"model_list": [entry(params)]}, source="config.yaml"))
     assert info.value.path == path
     assert str(info.value).startswith(f"config.yaml: {path}: ") and hint in str(info.value)
 

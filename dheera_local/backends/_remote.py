@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import SecretStr
@@ -171,33 +171,35 @@ def _merge(count: int, groups: list[list[int]], parts: list[list[float]]) -> lis
     return out
 
 
-def indexed_scores(
-    backend: RemoteBackend, url: str, entries: list[Any], count: int, score_key: str, what: tuple[str, str]
-) -> dict[int, float]:
-    """``{index: score}`` from entries ``{"index", score_key}``: exactly one per text, each index an integer
-    (a JSON ``true`` is not one) in range and given once; anything else is the endpoint misbehaving.
-    ``what``: how the endpoint's entries and the texts are called in messages."""
-    entry, texts = what
+def as_float(value: Any) -> float | None:
+    """A finite float from a JSON number, else None (JSON integers have no size limit: 1e400 overflows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def scores_in_order(
+    entries: list[Any], count: int, score_field: str, refuse: Callable[[str], Exception], *, kind: str, of: str
+) -> list[float]:
+    """The scores of ``[{"index", score_field}]`` entries in input order; ``refuse(problem)`` unless every
+    index 0..count-1 appears exactly once (an integer, not ``true``) with a finite score. ``kind`` names an
+    entry ("rank", "result") and ``of`` what was sent ("texts", "documents") in the messages."""
     scores: dict[int, float] = {}
     for item in entries:
         index = item.get("index") if isinstance(item, dict) else None
-        score = as_float(item.get(score_key)) if isinstance(item, dict) else None
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count or score is None:
-            raise backend.unexpected(url, f"bad {entry} entry {quote(item, 80)}")
+        score = as_float(item.get(score_field)) if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < count or score is None:
+            raise refuse(f"bad {kind} entry {quote(item, 80)}")
         if index in scores:
-            raise backend.unexpected(url, f"index {index} answered twice")
+            raise refuse(f"index {index} appears twice")
         scores[index] = score
-    if len(entries) != count:
-        raise backend.unexpected(url, f"{len(entries)} {entry}s for {count} {texts}")
-    return scores
-
-
-def as_float(value: Any) -> float | None:
-    """A finite float from a JSON number, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    if len(scores) != count:
+        raise refuse(f"{len(scores)} {kind}s for {count} {of}")
+    return [scores[i] for i in range(count)]
 
 
 def probability_to_logit(score: float) -> float:

@@ -7,13 +7,14 @@ into logits (the inverse sigmoid), so the orchestrator's sigmoid gives the serve
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from ._http import Call, HttpClients, RetryPolicy
-from ._remote import RemoteBackend, group_by_limits, indexed_scores, probability_to_logit
+from ._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order
 
 DOCUMENTS_PER_REQUEST = 1000
 
@@ -74,5 +75,6 @@ class CohereBackend(RemoteBackend):
             results = body.get("results", body.get("data"))
         if not isinstance(results, list):
             raise self.unexpected(self.url, "expected an object with a results (or data) array")
-        scores = indexed_scores(self, self.url, results, count, "relevance_score", ("result", "documents"))
-        return [probability_to_logit(scores[i]) for i in range(count)]
+        refuse = functools.partial(self.unexpected, self.url)
+        scores = scores_in_order(results, count, "relevance_score", refuse, kind="result", of="documents")
+        return [probability_to_logit(score) for score in scores]

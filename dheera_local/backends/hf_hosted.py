@@ -87,8 +87,8 @@ class HFHostedBackend(RemoteBackend):
             if score is None:
                 raise self.unexpected(self.url, f"bad label entry {quote(label, 80)}")
             name = str(label.get("label", ""))
-            if name in scores:
-                raise self.unexpected(self.url, f"label {quote(name, 80)!r} answered twice for one pair")
+            if name in scores:  # which of the two is the score? refuse rather than guess
+                raise self.unexpected(self.url, f"label {quote(name, 40)} appears twice for one pair")
             scores[name] = score
         if len(scores) == 1:
             return next(iter(scores.values()))

@@ -9,6 +9,7 @@ and at most 2 MB of JSON. TEI has no ``top_n``: the orchestrator applies it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from typing import Any
 
@@ -16,7 +17,7 @@ from pydantic import SecretStr
 
 from .._errors import RemoteBackendError
 from ._http import Call, HttpClients, RetryPolicy, asend, send
-from ._remote import RemoteBackend, group_by_limits, indexed_scores
+from ._remote import RemoteBackend, group_by_limits, scores_in_order
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 32
 INFO_TIMEOUT = 10.0
@@ -108,5 +109,5 @@ class TEIBackend(RemoteBackend):
         url = self.base + "/rerank"
         if not isinstance(body, list):
             raise self.unexpected(url, f"expected a JSON array of {{index, score}}, got {type(body).__name__}")
-        scores = indexed_scores(self, url, body, count, "score", ("rank", "texts"))
-        return [scores[i] for i in range(count)]
+        refuse = functools.partial(self.unexpected, url)
+        return scores_in_order(body, count, "score", refuse, kind="rank", of="texts")
