@@ -56,6 +56,12 @@ def _max_length(value: object, name: str) -> int | None:
     return check_optional_int(value, name, MIN_MAX_LENGTH)
 
 
+def _optional_str(value: object, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}", field=name)
+
+
 def _choice(choices: tuple[str, ...], optional: bool = False) -> Callable[[object, str], Any]:
     def check(value: object, name: str) -> str | None:
         if value is None and optional:

@@ -71,6 +71,21 @@ def register(secret: str | None) -> None:
         _ordered = sorted({s for forms in _secrets.values() for s in forms}, key=len, reverse=True)
 
 
+def registered() -> tuple[str, ...]:
+    """The secrets masked now, oldest first (with :func:`forget_all_but`: a test leaves the registry as it found it)."""
+    with _lock:
+        return tuple(_secrets)
+
+
+def forget_all_but(kept: tuple[str, ...]) -> None:
+    """Stop masking every secret not in ``kept`` (a test's own keys would otherwise mask later tests' text)."""
+    global _ordered
+    with _lock:
+        for secret in [s for s in _secrets if s not in kept]:
+            del _secrets[secret]
+        _ordered = sorted({s for forms in _secrets.values() for s in forms}, key=len, reverse=True)
+
+
 def register_userinfo(user: str | None, password: str | None) -> None:
     """Mask URL credentials: the password, ``user:password`` (and its base64, as Basic auth sends it);
     the user name alone only without a password (then it is the token)."""

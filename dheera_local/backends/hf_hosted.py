@@ -88,7 +88,7 @@ class HFHostedBackend(RemoteBackend):
                 raise self.unexpected(self.url, f"bad label entry {quote(label, 80)}")
             name = str(label.get("label", ""))
             if name in scores:  # which of the two is the score? refuse rather than guess
-                raise self.unexpected(self.url, f"label {quote(name, 40)} appears twice for one pair")
+                raise self.unexpected(self.url, f"label {quote(name, 40)!r} appears twice for one pair")
             scores[name] = score
         if len(scores) == 1:
             return next(iter(scores.values()))
