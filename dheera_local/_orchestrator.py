@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from ._cache import SHARED_CACHES, CacheStore, KeyMaker, ScoreCache
+from ._cache import CacheStore, KeyMaker, ScoreCache
+from ._cache_redis import RedisCacheStore, default_store
 from ._chunking import ChunkSettings, TokenCounter, document_windows
 from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
 from ._model_ref import parse_model
@@ -125,7 +126,8 @@ class Reranker:
 
     Args:
         settings: What the environment would say (default: :meth:`Settings.from_env`, read now).
-        cache: The store of open score caches (default: the process's).
+        cache: The store of open score caches (default: the shared tier ``DHEERA_CACHE_URL`` names, else
+            the process's disk caches); a :class:`~dheera_local.RedisCacheStore` shares scores across hosts.
         backends: What builds the backends (default: one from ``settings``, ``retry`` and the transports).
         retry: Timeouts, attempts and backoff for remote calls (ignored with ``backends``).
         transport: An ``httpx.BaseTransport`` for the sync client (tests pass a MockTransport).
@@ -138,7 +140,7 @@ class Reranker:
         self,
         *,
         settings: Settings | None = None,
-        cache: CacheStore | None = None,
+        cache: CacheStore | RedisCacheStore | None = None,
         backends: Backends | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -146,7 +148,7 @@ class Reranker:
         local_wrapper: Callable[[LocalBackend], Backend] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
-        self.caches = cache if cache is not None else SHARED_CACHES
+        self.caches = cache if cache is not None else default_store(self.settings)
         self.backends = backends or Backends(
             self.settings, clients=HttpClients(transport, async_transport), retry=retry, local_wrapper=local_wrapper
         )

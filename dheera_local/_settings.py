@@ -9,6 +9,11 @@ variable                    setting
 ==========================  =========================================================================
 DHEERA_CACHE_DIR            ``cache_dir`` (else ``$XDG_CACHE_HOME/dheera_local``, ``~/.cache/dheera_local``)
 DHEERA_CACHE_SIZE_LIMIT     ``cache_size_limit`` in bytes (2 GiB)
+DHEERA_CACHE_URL            ``cache_url``: a shared score cache, ``redis://host:6379/0`` (``rediss://``,
+                            ``unix://``); replicas that name one share their scores
+DHEERA_CACHE_TTL            ``cache_ttl``: seconds an entry lives in the shared cache (none: until evicted)
+DHEERA_CACHE_LOCAL          ``cache_local``: also keep the disk cache, in front of the shared one
+DHEERA_CACHE_TIMEOUT        ``cache_timeout``: seconds for a shared-cache connect or command (0.25)
 HF_HUB_CACHE, HF_HOME       ``hub_cache`` (huggingface_hub's precedence, ``~/.cache/huggingface/hub``)
 HF_HUB_OFFLINE              ``hub_offline``: no call to HuggingFace (``TRANSFORMERS_OFFLINE`` too)
 DHEERA_HF_INFERENCE_URL     ``hf_inference_url`` (``https://router.huggingface.co/hf-inference``)
@@ -27,6 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -35,6 +41,7 @@ from ._secrets import register
 logger = logging.getLogger("dheera_local")
 
 DEFAULT_CACHE_SIZE_LIMIT = 2 * 1024**3
+DEFAULT_CACHE_TIMEOUT = 0.25
 DEFAULT_HF_INFERENCE_URL = "https://router.huggingface.co/hf-inference"
 CPU_KERNELS = ("auto", "eager")
 _TRUE = ("1", "ON", "YES", "TRUE")
@@ -54,6 +61,10 @@ class Settings:
     hf_token_file: Path | None = field(default=None, repr=False)
     hf_token_lookup: bool = field(default=False, repr=False)
     cohere_api_key: SecretStr | None = field(default=None, repr=False)
+    cache_url: SecretStr | None = field(default=None, repr=False)  # may carry the tier's password
+    cache_ttl: int | None = None
+    cache_local: bool = False
+    cache_timeout: float = DEFAULT_CACHE_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +83,10 @@ class Settings:
             # huggingface_hub's own lookup (OIDC, Colab secrets) only where no token file is named.
             hf_token_lookup=not env.get("HF_TOKEN_PATH"),
             cohere_api_key=_registered(env.get("CO_API_KEY") or env.get("COHERE_API_KEY")),
+            cache_url=_cache_url(env),
+            cache_ttl=_positive(env, "DHEERA_CACHE_TTL", int),
+            cache_local=_flag(env, "DHEERA_CACHE_LOCAL"),
+            cache_timeout=_positive(env, "DHEERA_CACHE_TIMEOUT", float) or DEFAULT_CACHE_TIMEOUT,
         )
 
     @functools.cached_property
@@ -129,6 +144,28 @@ def _size_limit(env: Mapping[str, str]) -> int:
     except ValueError:
         logger.warning("DHEERA_CACHE_SIZE_LIMIT=%r is not a number of bytes; using %d", raw, DEFAULT_CACHE_SIZE_LIMIT)
         return DEFAULT_CACHE_SIZE_LIMIT
+
+
+def _cache_url(env: Mapping[str, str]) -> SecretStr | None:
+    url = env.get("DHEERA_CACHE_URL", "").strip()
+    if not url:
+        return None
+    register(urlsplit(url).password)
+    return SecretStr(url)
+
+
+def _positive(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> int | float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        logger.warning("%s=%r is not a positive number; ignoring it", name, raw)
+        return None
+    return value
 
 
 def _cpu_kernels(env: Mapping[str, str]) -> str:
