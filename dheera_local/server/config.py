@@ -107,6 +107,24 @@ class GeneralSettings(_Section):
     metrics: bool = Field(default=True, description="serve Prometheus metrics at GET /metrics")
     metrics_require_auth: bool = Field(default=False, description="put /metrics behind the master key")
     graceful_shutdown_timeout: float = Field(default=30.0, gt=0)
+    # The shared score-cache tier (dheera_local._cache_redis); else DHEERA_CACHE_URL and friends.
+    cache_url: SecretStr | None = Field(default=None, description="redis://host:6379/0, rediss://, unix://")
+    cache_ttl: int | None = Field(default=None, gt=0, description="seconds an entry lives in the shared cache")
+    cache_local: bool = Field(default=False, description="keep the disk cache in front of the shared one")
+    cache_timeout: float = Field(default=0.25, gt=0, description="seconds for a shared-cache connect or command")
+
+    @field_validator("cache_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from urllib.parse import urlsplit
+
+            url = value.get_secret_value().strip()
+            register(urlsplit(url).password)
+            if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("not a Redis URL; write redis://host:6379/0, rediss://... (TLS) or unix:///path")
+            value = SecretStr(url)
+        return value
 
     @field_validator("master_key")
     @classmethod

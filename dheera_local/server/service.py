@@ -12,8 +12,9 @@ from typing import Any
 
 from .. import __version__
 from .._orchestrator import Reranker
-from .._request import build_request
-from .._response import ApiVersion, ServedBy
+from .._request import RerankRequest, build_request
+from .._response import ApiVersion, RerankResponse, ServedBy
+from .coalescing import Coalescer, request_key
 from .config import GeneralSettings
 from .errors import RequestTooLargeError
 from .registry import ModelRegistry, ServedModel
@@ -37,6 +38,7 @@ class RerankService:
         self.reranker = reranker
         self.registry = registry
         self.settings = settings
+        self.coalescer = Coalescer()
 
     async def cohere(
         self, body: CohereRerankRequest | CohereV2RerankRequest, *, model: str | None, version: str
@@ -50,7 +52,7 @@ class RerankService:
             max_chunks_per_doc=getattr(body, "max_chunks_per_doc", None),
             max_tokens_per_doc=body.max_tokens_per_doc, raw_scores=body.raw_scores, **served.options,
         )  # fmt: skip
-        response = await self.reranker.arun(request)
+        response = await self._run(served, request)
         response.meta.api_version = ApiVersion(version=version)
         return Answer(response.model_dump(), response.meta.dheera_local, served.name, len(body.documents))
 
@@ -61,9 +63,13 @@ class RerankService:
         request = build_request(
             served.model, body.query, body.texts, body.top_n, False, raw_scores=body.raw_scores, **served.options
         )
-        response = await self.reranker.arun(request)
+        response = await self._run(served, request)
         ranks = [_tei_rank(result.index, result.relevance_score, body) for result in response.results]
         return Answer(ranks, response.meta.dheera_local, served.name, len(body.texts))
+
+    async def _run(self, served: ServedModel, request: RerankRequest) -> RerankResponse:
+        """Serve ``request``; identical ones in flight at the same time are computed once."""
+        return await self.coalescer.run(request_key(served.name, request), lambda: self.reranker.arun(request))
 
     def _check_count(self, count: int, field: str) -> None:
         limit = self.settings.max_documents_per_request
