@@ -21,6 +21,8 @@ HF_TOKEN                    ``hf_token`` (else ``HUGGING_FACE_HUB_TOKEN``, the t
                             ``hf auth login`` at ``HF_TOKEN_PATH`` / ``$HF_HOME/token``)
 DHEERA_CPU_KERNELS          ``cpu_kernels``: ``auto`` (prepacked oneDNN linears, bf16 or fp32) or ``eager``
 CO_API_KEY                  ``cohere_api_key`` (else ``COHERE_API_KEY``): sent to Cohere's own API only
+COHERE_API_BASE             ``cohere_api_base``: Cohere's API, for a proxy's ``cohere/NAME`` without ``api_base``
+                            (``https://api.cohere.com``; LiteLLM reads the same variable)
 ==========================  =========================================================================
 """
 
@@ -42,6 +44,7 @@ logger = logging.getLogger("dheera_local")
 
 DEFAULT_CACHE_SIZE_LIMIT = 2 * 1024**3
 DEFAULT_CACHE_TIMEOUT = 0.25
+DEFAULT_COHERE_API_BASE = "https://api.cohere.com"
 DEFAULT_HF_INFERENCE_URL = "https://router.huggingface.co/hf-inference"
 CPU_KERNELS = ("auto", "eager")
 _TRUE = ("1", "ON", "YES", "TRUE")
@@ -65,6 +68,7 @@ class Settings:
     cache_ttl: int | None = None
     cache_local: bool = False
     cache_timeout: float = DEFAULT_CACHE_TIMEOUT
+    cohere_api_base: str = DEFAULT_COHERE_API_BASE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +91,7 @@ class Settings:
             cache_ttl=_positive(env, "DHEERA_CACHE_TTL", int),
             cache_local=_flag(env, "DHEERA_CACHE_LOCAL"),
             cache_timeout=_positive(env, "DHEERA_CACHE_TIMEOUT", float) or DEFAULT_CACHE_TIMEOUT,
+            cohere_api_base=(env.get("COHERE_API_BASE") or DEFAULT_COHERE_API_BASE).strip().rstrip("/"),
         )
 
     @functools.cached_property

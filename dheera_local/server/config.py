@@ -51,14 +51,21 @@ PARAMS_KEY = "dheera_ai_params"
 PARAMS_ALIAS = "litellm_params"
 
 # LiteLLM settings with no meaning here: accepted so that a LiteLLM config loads, then ignored.
-IGNORED_SECTIONS = frozenset({"litellm_settings", "router_settings", "environment_variables", "callback_settings"})
+IGNORED_SECTIONS = frozenset({"environment_variables", "callback_settings"})
+# router_settings / litellm_settings keys that mean something here (routing.py); the others are dropped
+# with the one warning. A repeated model_name is a group of deployments (LiteLLM's load balancing).
+ROUTER_KEYS = frozenset({"fallbacks", "num_retries", "timeout", "routing_strategy"})
+LITELLM_KEYS = frozenset({"fallbacks", "num_retries", "request_timeout"})
+ROUTING_PARAMS = frozenset({"weight", "rpm"})
 IGNORED_PARAMS = frozenset({
     "rpm", "tpm", "max_retries", "num_retries", "stream_timeout", "order", "weight", "max_parallel_requests",
     "custom_llm_provider", "drop_params", "input_cost_per_query", "input_cost_per_token", "output_cost_per_token",
+    "tags", "region_name", "model_id", "mock_response",
 })  # fmt: skip
 IGNORED_GENERAL = frozenset({
     "database_url", "alerting", "background_health_checks", "health_check_interval", "health_check_details",
     "store_model_in_db", "disable_spend_logs", "proxy_batch_write_at", "database_connection_pool_limit",
+    "allowed_routes", "public_routes", "admin_only_routes", "enforce_user_param", "disable_master_key_return",
 })  # fmt: skip
 
 
@@ -86,10 +93,27 @@ ModelParams = create_model(
 )
 
 
+class Deployment(_Section):
+    """How a group's requests are spread over its deployments (LiteLLM's simple shuffle)."""
+
+    weight: float = Field(default=1.0, gt=0)
+    rpm: int | None = Field(default=None, gt=0, description="requests a minute; past it the next deployment serves")
+
+
+class RouterSettings(_Section):
+    """What LiteLLM's ``router_settings`` (and ``litellm_settings``) say that means something here."""
+
+    fallbacks: list[dict[str, list[str]]] = Field(default_factory=list, description="[{group: [other groups]}]")
+    num_retries: int | None = Field(default=None, ge=0, description="general_settings.num_retries if unset there")
+    timeout: float | None = Field(default=None, gt=0, description="seconds per request, where a model sets none")
+    routing_strategy: str = "simple-shuffle"
+
+
 class ModelEntry(_Section):
     model_name: str = Field(min_length=1)
     dheera_ai_params: ModelParams
     model_info: dict[str, Any] | None = None  # LiteLLM's; kept for compatibility, unused
+    routing: Deployment = Field(default_factory=lambda: Deployment())  # litellm_params.weight / rpm, moved here
 
 
 class GeneralSettings(_Section):
@@ -139,6 +163,7 @@ class ServerConfig(_Section):
 
     model_list: list[ModelEntry] = Field(min_length=1)
     general_settings: GeneralSettings = Field(default_factory=GeneralSettings)
+    router_settings: RouterSettings = Field(default_factory=RouterSettings)
     source: str = Field(default="config", exclude=True, description="where it was read, for messages")
     params_keys: tuple[str, ...] = Field(default=(), exclude=True, description="the params key each entry used")
 
@@ -177,7 +202,7 @@ def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str
         config = ServerConfig.model_validate({**data, "source": source, "params_keys": params_keys})
     except ValidationError as exc:
         raise _config_error(exc, source, params_keys) from None
-    _check_unique_names(config)
+    _check_groups(config)
     _check_limits(config)
     if config.master_key is None and env.get(MASTER_KEY_ENV, "").strip():
         settings = config.general_settings.model_copy(update={"master_key": SecretStr(env[MASTER_KEY_ENV])})
@@ -221,6 +246,8 @@ def _normalize(data: dict[str, Any], source: str) -> tuple[dict[str, Any], tuple
     """Accept ``litellm_params`` for ``dheera_ai_params``; drop LiteLLM-only settings with one warning."""
     ignored = sorted(key for key in data if key in IGNORED_SECTIONS)
     data = {key: value for key, value in data.items() if key not in IGNORED_SECTIONS}
+    data, dropped = _router_settings(data)
+    ignored += dropped
     general = data.get("general_settings")
     if isinstance(general, dict):
         ignored += [f"general_settings.{key}" for key in general if key in IGNORED_GENERAL]
@@ -254,15 +281,42 @@ def _ignored_params(entry: Any, index: int, written: str) -> list[str]:
     params = entry.get(PARAMS_KEY) if isinstance(entry, dict) else None
     if not isinstance(params, dict):
         return []
-    dropped = [key for key in params if key in IGNORED_PARAMS]
+    dropped = [key for key in params if key in IGNORED_PARAMS and key not in ROUTING_PARAMS]
     for key in dropped:
         del params[key]
+    routing = {key: params.pop(key) for key in ROUTING_PARAMS if key in params}
+    if routing:
+        entry["routing"] = routing
     return [f"model_list[{index}].{written}.{key}" for key in dropped]
+
+
+def _router_settings(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``router_settings`` and ``litellm_settings`` merged into ``router_settings`` (the router's win), keeping
+    the keys that mean something here; the others are returned, to be named in the one warning."""
+    merged: dict[str, Any] = {}
+    dropped: list[str] = []
+    for section, known in (("litellm_settings", LITELLM_KEYS), ("router_settings", ROUTER_KEYS)):
+        values = data.pop(section, None)
+        if not isinstance(values, dict):
+            if values is not None:
+                dropped.append(section)
+            continue
+        for key, value in values.items():
+            if key == "routing_strategy" and value != "simple-shuffle":
+                dropped.append(f"{section}.routing_strategy={value} (simple-shuffle is used)")
+            elif key in known:
+                merged["timeout" if key == "request_timeout" else key] = value
+            else:
+                dropped.append(f"{section}.{key}")
+    if merged:
+        data["router_settings"] = merged
+    return data, dropped
 
 
 _SECTIONS: dict[tuple[str, int], type[BaseModel]] = {
     ("", 1): ServerConfig,
     ("general_settings", 2): GeneralSettings,
+    ("router_settings", 2): RouterSettings,
     ("model_list", 3): ModelEntry,
     ("model_list", 4): ModelParams,
 }
@@ -309,6 +363,21 @@ def _check_unique_names(config: ServerConfig) -> None:
                 path=path,
             )
         seen[entry.model_name] = index
+
+
+def _check_groups(config: ServerConfig) -> None:
+    """A repeated model_name is a group of deployments; a fallback must name a group."""
+    names = {entry.model_name for entry in config.model_list}
+    for index, rule in enumerate(config.router_settings.fallbacks):
+        for group, others in rule.items():
+            for name in [group, *others]:
+                if name not in names:
+                    path = f"router_settings.fallbacks[{index}]"
+                    raise ConfigError(
+                        f"{config.source}: {path}: {name!r} is not a model_name of model_list "
+                        f"(configured: {', '.join(sorted(names))})",
+                        path=path,
+                    )
 
 
 def _check_limits(config: ServerConfig) -> None:

@@ -52,16 +52,22 @@ class ServerState:
         settings = config.general_settings
         pool = BatcherPool(max_queue_pairs=settings.max_queue_pairs, max_batch_pairs=settings.max_batch_pairs)
         tier = _shared_tier(settings)
-        reranker = Reranker(
-            retry=RetryPolicy(max_attempts=settings.num_retries + 1), local_wrapper=pool.wrap, cache=tier
-        )
+        router = config.router_settings
+        retries = settings.num_retries
+        if "num_retries" not in settings.model_fields_set and router.num_retries is not None:
+            retries = router.num_retries  # LiteLLM's router_settings.num_retries, unless ours says otherwise
+        reranker = Reranker(retry=RetryPolicy(max_attempts=retries + 1), local_wrapper=pool.wrap, cache=tier)
         registry = ModelRegistry.from_config(config, reranker)
+        fallbacks: dict[str, list[str]] = {}
+        for rule in router.fallbacks:
+            for group, others in rule.items():
+                fallbacks.setdefault(group, []).extend(others)
         return cls(
             config=config,
             registry=registry,
             reranker=reranker,
             pool=pool,
-            service=RerankService(reranker, registry, settings),
+            service=RerankService(reranker, registry, settings, fallbacks),
             metrics=Metrics(pool.stats) if settings.metrics else None,
             started_at=int(time.time()),
             tier=tier,
