@@ -116,10 +116,28 @@ class ModelEntry(_Section):
     routing: Deployment = Field(default_factory=lambda: Deployment())  # litellm_params.weight / rpm, moved here
 
 
+class ApiKey(_Section):
+    """One more API key (server/keys.py): a name for metrics and logs, the models it may call, a limit."""
+
+    key: SecretStr
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    models: list[str] | None = None
+    rpm: int | None = Field(default=None, gt=0)
+
+    @field_validator("key")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().strip()) < 8:
+            raise ValueError("must be at least 8 characters")
+        register(value.get_secret_value())
+        return value
+
+
 class GeneralSettings(_Section):
     """Server-wide settings: auth, cache, limits, micro-batching."""
 
     master_key: SecretStr | None = None
+    api_keys: list[ApiKey] = Field(default_factory=list, description="more keys: name, models, rpm")
     cache: bool = True
     cache_dir: Path | None = None
     max_documents_per_request: int = Field(default=1000, ge=1)

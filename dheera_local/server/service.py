@@ -20,6 +20,7 @@ from .._response import ApiVersion, RerankResponse, ServedBy
 from .coalescing import Coalescer, request_key
 from .config import GeneralSettings
 from .errors import RequestTooLargeError
+from .keys import CURRENT_KEY
 from .registry import ModelRegistry, ServedModel
 from .routing import Router
 from .schemas import CohereRerankRequest, CohereV2RerankRequest, TEIRerankRequest
@@ -87,6 +88,9 @@ class RerankService:
     async def _run(self, served: ServedModel, make: Callable[[ServedModel], RerankRequest]) -> RerankResponse:
         """Serve the request ``make`` builds for a deployment of ``served``'s group; identical requests in
         flight at the same time are computed once (the first build validates the request)."""
+        policy = CURRENT_KEY.get()
+        if policy is not None:
+            policy.check_model(served.name)
         key = request_key(served.name, make(served))
         return await self.coalescer.run(key, lambda: self._failover(served.name, make))
 
