@@ -35,6 +35,8 @@ class RateWindow:
             return len(self._recent(id(served))) < served.rpm
 
     def started(self, served: ServedModel) -> None:
+        if served.rpm is None:
+            return  # nothing to count against
         with self._lock:
             self._recent(id(served)).append(self._clock())
 

@@ -91,21 +91,27 @@ class RerankService:
         policy = CURRENT_KEY.get()
         if policy is not None:
             policy.check_model(served.name)
-        key = request_key(served.name, make(served))
-        return await self.coalescer.run(key, lambda: self._failover(served.name, make))
+        first = make(served)
+        key = request_key(served.name, first)
+        return await self.coalescer.run(key, lambda: self._failover(served, first, make))
 
-    async def _failover(self, name: str, make: Callable[[ServedModel], RerankRequest]) -> RerankResponse:
+    async def _failover(
+        self, served: ServedModel, first: RerankRequest, make: Callable[[ServedModel], RerankRequest]
+    ) -> RerankResponse:
         """Try the deployments in the router's order; the last failure is raised when all failed."""
+        name = served.name
         failure: DheeraError | None = None
-        for deployment in self.router.order(name):
-            request = make(deployment)
+        order = self.router.order(name)
+        for position, deployment in enumerate(order, start=1):
+            request = first if deployment is served else make(deployment)
             self.router.window.started(deployment)
             try:
                 return await self.reranker.arun(request)
             except (AllBackendsFailedError, OverloadedError) as exc:
                 if isinstance(exc, ShuttingDownError):
                     raise
-                logger.warning("%s: deployment %s failed (%s); trying the next", name, deployment.model, exc)
+                if position < len(order):
+                    logger.warning("%s: deployment %s failed (%s); trying the next", name, deployment.model, exc)
                 failure = exc
         assert failure is not None  # a group has at least one deployment
         raise failure
