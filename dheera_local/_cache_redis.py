@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ._cache import DEFAULT_SIZE_LIMIT, SHARED_CACHES, CacheStore
 from ._errors import ConfigError
@@ -233,6 +233,7 @@ class RedisCacheStore:
         self.name = redacted(url)
         password = urlsplit(url).password
         register(password)
+        register(unquote(password or ""))  # redis-py sends the unquoted form
         self.local_store = local_store if local_store is not None else SHARED_CACHES
         client, errors = _client(url, timeout, max_connections)
         self._cache = RedisScoreCache(client, _Breaker(self.name, retry_after, warn_every, clock), errors, ttl)

@@ -178,3 +178,28 @@ def test_a_fallback_to_an_unknown_group_stops_startup() -> None:
             "router_settings": {"fallbacks": [{"m": ["nowhere"]}]}}  # fmt: skip
     with pytest.raises(ConfigError, match=r"router_settings.fallbacks\[0\]: 'nowhere' is not a model_name"):
         parse_config(data)
+
+
+def test_litellms_redis_cache_settings_name_the_shared_tier(caplog: pytest.LogCaptureFixture) -> None:
+    data = {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "org/name"}}],
+        "litellm_settings": {
+            "cache": True,
+            "cache_params": {"type": "redis", "host": "cache.internal", "port": 6380, "password": "pw-s3cret/x",
+                             "ttl": 600, "namespace": "litellm.caching"},
+        },
+    }  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="dheera_local.server"):
+        config = parse_config(data)
+    general = config.general_settings
+    assert general.cache_url is not None
+    assert general.cache_url.get_secret_value() == "redis://:pw-s3cret%2Fx@cache.internal:6380/0"
+    assert general.cache_ttl == 600
+    assert "litellm_settings.cache_params.namespace" in caplog.text and "pw-s3cret" not in caplog.text
+    assert "pw-s3cret" not in repr(config)
+
+
+def test_litellms_in_memory_cache_is_accepted_and_named() -> None:
+    data = {"model_list": [{"model_name": "m", "litellm_params": {"model": "org/name"}}],
+            "litellm_settings": {"cache": True}}  # fmt: skip
+    assert parse_config(data).general_settings.cache_url is None

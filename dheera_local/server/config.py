@@ -26,6 +26,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
@@ -56,6 +57,7 @@ IGNORED_SECTIONS = frozenset({"environment_variables", "callback_settings"})
 # with the one warning. A repeated model_name is a group of deployments (LiteLLM's load balancing).
 ROUTER_KEYS = frozenset({"fallbacks", "num_retries", "timeout", "routing_strategy"})
 LITELLM_KEYS = frozenset({"fallbacks", "num_retries", "request_timeout"})
+LITELLM_CACHE_KEYS = frozenset({"cache", "cache_params"})  # a Redis cache -> general_settings.cache_url
 ROUTING_PARAMS = frozenset({"weight", "rpm"})
 IGNORED_PARAMS = frozenset({
     "rpm", "tpm", "max_retries", "num_retries", "stream_timeout", "order", "weight", "max_parallel_requests",
@@ -319,7 +321,11 @@ def _router_settings(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             if values is not None:
                 dropped.append(section)
             continue
+        if section == "litellm_settings":
+            dropped += _litellm_cache(values, data)
         for key, value in values.items():
+            if key in LITELLM_CACHE_KEYS and section == "litellm_settings":
+                continue
             if key == "routing_strategy" and value != "simple-shuffle":
                 dropped.append(f"{section}.routing_strategy={value} (simple-shuffle is used)")
             elif key in known:
@@ -329,6 +335,26 @@ def _router_settings(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if merged:
         data["router_settings"] = merged
     return data, dropped
+
+
+def _litellm_cache(settings: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """LiteLLM's ``cache: true`` with ``cache_params: {type: redis, host, port, password}`` is our shared
+    score cache (unless ``general_settings.cache_url`` names one); its other cache settings are dropped."""
+    params = settings.get("cache_params") if isinstance(settings.get("cache_params"), dict) else {}
+    if settings.get("cache") is not True or params.get("type") != "redis":
+        return [f"litellm_settings.{key}" for key in LITELLM_CACHE_KEYS if key in settings]
+    general = data.setdefault("general_settings", {})
+    if isinstance(general, dict) and "cache_url" not in general:
+        if params.get("url"):
+            general["cache_url"] = params["url"]
+        else:
+            password = params.get("password")
+            auth = f":{quote(str(password), safe='')}@" if password else ""
+            general["cache_url"] = f"redis://{auth}{params.get('host', 'localhost')}:{params.get('port', 6379)}/0"
+        if params.get("ttl"):
+            general.setdefault("cache_ttl", params["ttl"])
+    used = {"type", "host", "port", "password", "url", "ttl"}
+    return [f"litellm_settings.cache_params.{key}" for key in params if key not in used]
 
 
 _SECTIONS: dict[tuple[str, int], type[BaseModel]] = {
