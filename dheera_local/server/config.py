@@ -396,19 +396,6 @@ def _key_path(loc: tuple[Any, ...], params_keys: tuple[str, ...]) -> str:
     return path
 
 
-def _check_unique_names(config: ServerConfig) -> None:
-    seen: dict[str, int] = {}
-    for index, entry in enumerate(config.model_list):
-        if entry.model_name in seen:
-            path = f"model_list[{index}].model_name"
-            raise ConfigError(
-                f"{config.source}: {path}: {entry.model_name!r} is already the name of model_list"
-                f"[{seen[entry.model_name]}]; each model_name must be unique",
-                path=path,
-            )
-        seen[entry.model_name] = index
-
-
 def _check_groups(config: ServerConfig) -> None:
     """A repeated model_name is a group of deployments; a fallback must name a group."""
     names = {entry.model_name for entry in config.model_list}
