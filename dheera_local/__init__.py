@@ -19,6 +19,7 @@ _EXPORTS = {
     "ModelNotAvailableError": "._errors",
     "OverloadedError": "._errors",
     "PairScores": "._orchestrator",
+    "RedisCacheStore": "._cache_redis",
     "RemoteBackendError": "._errors",
     "RerankResponse": "._response",
     "RerankResult": "._response",
@@ -34,6 +35,7 @@ _EXPORTS = {
 
 if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from ._api import arerank, rerank
+    from ._cache_redis import RedisCacheStore
     from ._errors import (
         AllBackendsFailedError,
         BackendError,
@@ -78,6 +80,7 @@ __all__ = [
     "LocalBackendError",
     "ModelNotAvailableError",
     "OverloadedError",
+    "RedisCacheStore",
     "RemoteBackendError",
     "PairScores",
     "RerankResponse",

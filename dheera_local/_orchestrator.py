@@ -21,7 +21,8 @@ from typing import Any
 
 import httpx
 
-from ._cache import SHARED_CACHES, CacheStore, KeyMaker, ScoreCache, credential_namespace
+from ._cache import CacheStore, KeyMaker, ScoreCache, credential_namespace
+from ._cache_redis import RedisCacheStore, default_store
 from ._chunking import ChunkSettings, TokenCounter, document_windows
 from ._discovery import did_you_mean
 from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
@@ -156,7 +157,8 @@ class Reranker:
 
     Args:
         settings: What the environment would say (default: :meth:`Settings.from_env`, read now).
-        cache: The store of open score caches (default: the process's).
+        cache: The store of open score caches (default: the shared tier ``DHEERA_CACHE_URL`` names, else
+            the process's disk caches); a :class:`~dheera_local.RedisCacheStore` shares scores across hosts.
         backends: What builds the backends (default: one from ``settings``, ``retry`` and the transports).
         retry: Timeouts, attempts and backoff for remote calls (ignored with ``backends``).
         transport: An ``httpx.BaseTransport`` for the sync client (tests pass a MockTransport).
@@ -169,7 +171,7 @@ class Reranker:
         self,
         *,
         settings: Settings | None = None,
-        cache: CacheStore | None = None,
+        cache: CacheStore | RedisCacheStore | None = None,
         backends: Backends | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -177,7 +179,7 @@ class Reranker:
         local_wrapper: Callable[[LocalBackend], Backend] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
-        self.caches = cache if cache is not None else SHARED_CACHES
+        self.caches = cache if cache is not None else default_store(self.settings)
         self.backends = backends or Backends(
             self.settings, clients=HttpClients(transport, async_transport), retry=retry, local_wrapper=local_wrapper
         )

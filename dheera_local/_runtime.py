@@ -2,7 +2,8 @@
 
 Shared: the loaded models (:data:`~.backends.local.SHARED_MODELS`), the tokenizers that window
 long documents (:data:`~._chunking.SHARED_TOKENIZERS`), the open score caches
-(:data:`~._cache.SHARED_CACHES`) and the default :class:`~dheera_local.Reranker` behind
+(:data:`~._cache.SHARED_CACHES`), the shared tiers (:data:`~._cache_redis.SHARED_TIERS`) and the
+default :class:`~dheera_local.Reranker` behind
 ``dheera_local.rerank``. Whoever owns the process calls :func:`close_all` when done: the proxy's
 lifespan, the CLI, a test; the next call starts afresh (and reads the environment again).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import threading
 
 from ._cache import SHARED_CACHES
+from ._cache_redis import SHARED_TIERS
 from ._chunking import SHARED_TOKENIZERS
 from ._orchestrator import Reranker
 from .backends.local import SHARED_MODELS
@@ -43,5 +45,6 @@ def close_all() -> None:
     and tokenizers (memory is freed once no caller holds them)."""
     close_default()
     SHARED_CACHES.close()
+    SHARED_TIERS.close()
     SHARED_MODELS.clear()
     SHARED_TOKENIZERS.clear()

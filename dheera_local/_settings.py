@@ -11,6 +11,11 @@ DHEERA_CACHE_DIR            ``cache_dir`` (else ``$XDG_CACHE_HOME/dheera_local``
 DHEERA_CACHE_SIZE_LIMIT     ``cache_size_limit`` in bytes (2 GiB)
 DHEERA_REMOTE_CACHE_TTL     ``remote_cache_ttl``: seconds a remote endpoint's cached scores stay valid
                             (604800, 7 days; ``0``: remote scores are not cached). Local ones never expire
+DHEERA_CACHE_URL            ``cache_url``: a shared score cache, ``redis://host:6379/0`` (``rediss://``,
+                            ``unix://``); replicas that name one share their scores
+DHEERA_CACHE_TTL            ``cache_ttl``: seconds an entry lives in the shared cache (none: until evicted)
+DHEERA_CACHE_LOCAL          ``cache_local``: also keep the disk cache, in front of the shared one
+DHEERA_CACHE_TIMEOUT        ``cache_timeout``: seconds for a shared-cache connect or command (0.25)
 HF_HUB_CACHE, HF_HOME       ``hub_cache`` (huggingface_hub's precedence, ``~/.cache/huggingface/hub``)
 HF_HUB_OFFLINE              ``hub_offline``: no call to HuggingFace (``TRANSFORMERS_OFFLINE`` too)
 DHEERA_HF_INFERENCE_URL     ``hf_inference_url`` (``https://router.huggingface.co/hf-inference``)
@@ -18,6 +23,8 @@ HF_TOKEN                    ``hf_token`` (else ``HUGGING_FACE_HUB_TOKEN``, the t
                             ``hf auth login`` at ``HF_TOKEN_PATH`` / ``$HF_HOME/token``)
 DHEERA_CPU_KERNELS          ``cpu_kernels``: ``auto`` (prepacked oneDNN linears, bf16 or fp32) or ``eager``
 CO_API_KEY                  ``cohere_api_key`` (else ``COHERE_API_KEY``): sent to Cohere's own API only
+COHERE_API_BASE             ``cohere_api_base``: Cohere's API, for a proxy's ``cohere/NAME`` without ``api_base``
+                            (``https://api.cohere.com``; LiteLLM reads the same variable)
 ==========================  =========================================================================
 """
 
@@ -30,6 +37,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -41,6 +49,8 @@ DEFAULT_CACHE_SIZE_LIMIT = 2 * 1024**3
 # A remote endpoint may change what stands behind a model name (a proxy remapped, a new deployment):
 # its scores are trusted for a week, then fetched again.
 DEFAULT_REMOTE_CACHE_TTL = 7 * 24 * 3600.0
+DEFAULT_CACHE_TIMEOUT = 0.25
+DEFAULT_COHERE_API_BASE = "https://api.cohere.com"
 DEFAULT_HF_INFERENCE_URL = "https://router.huggingface.co/hf-inference"
 CPU_KERNELS = ("auto", "eager")
 _TRUE = ("1", "ON", "YES", "TRUE")
@@ -61,6 +71,11 @@ class Settings:
     hf_token_file: Path | None = field(default=None, repr=False)
     hf_token_lookup: bool = field(default=False, repr=False)
     cohere_api_key: SecretStr | None = field(default=None, repr=False)
+    cache_url: SecretStr | None = field(default=None, repr=False)  # may carry the tier's password
+    cache_ttl: int | None = None
+    cache_local: bool = False
+    cache_timeout: float = DEFAULT_CACHE_TIMEOUT
+    cohere_api_base: str = DEFAULT_COHERE_API_BASE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +95,11 @@ class Settings:
             # huggingface_hub's own lookup (OIDC, Colab secrets) only where no token file is named.
             hf_token_lookup=not env.get("HF_TOKEN_PATH"),
             cohere_api_key=_registered(_env_key(env, "CO_API_KEY", "COHERE_API_KEY")),
+            cache_url=_cache_url(env),
+            cache_ttl=_positive(env, "DHEERA_CACHE_TTL", int),
+            cache_local=_flag(env, "DHEERA_CACHE_LOCAL"),
+            cache_timeout=_positive(env, "DHEERA_CACHE_TIMEOUT", float) or DEFAULT_CACHE_TIMEOUT,
+            cohere_api_base=(env.get("COHERE_API_BASE") or DEFAULT_COHERE_API_BASE).strip().rstrip("/"),
         )
 
     @functools.cached_property
@@ -168,6 +188,28 @@ def _remote_ttl(env: Mapping[str, str]) -> float:
             raw, DEFAULT_REMOTE_CACHE_TTL,
         )  # fmt: skip
         return DEFAULT_REMOTE_CACHE_TTL
+    return value
+
+
+def _cache_url(env: Mapping[str, str]) -> SecretStr | None:
+    url = env.get("DHEERA_CACHE_URL", "").strip()
+    if not url:
+        return None
+    register(urlsplit(url).password)
+    return SecretStr(url)
+
+
+def _positive(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> int | float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        logger.warning("%s=%r is not a positive number; ignoring it", name, raw)
+        return None
     return value
 
 

@@ -3,12 +3,15 @@
 One concept per module; data flows one way, routes -> service -> orchestrator -> backends::
 
     config.py      config.yaml -> ServerConfig (os.environ/VAR, litellm_params alias, key paths)
-    registry.py    model_name -> rerank() arguments, planned at startup
+    registry.py    model_name -> rerank() arguments, planned at startup (a repeated name: a group)
+    routing.py     a group's deployments in weighted random order, rpm, fallbacks (LiteLLM's router)
     schemas.py     Cohere v1 / v2 and TEI bodies
     auth.py        Authorization: Bearer <master key>, constant-time
+    keys.py        several API keys: name, models, rpm
     errors.py      exception -> status + {"error": {...}}; secret redaction
     middleware.py  request id + one log line; body size limit
     service.py     a parsed body -> Reranker -> Cohere or TEI answer
+    coalescing.py  identical requests in flight computed once
     health.py      GET /health
     routes.py      the routes, thin
     state.py       what a running app owns (Reranker, micro-batchers)

@@ -11,6 +11,7 @@ from .. import __version__
 from .auth import PUBLIC_PATHS, AuthGate, MasterKey
 from .config import ServerConfig
 from .errors import install_error_handlers
+from .keys import KeyRing, key_ring
 from .middleware import BodyLimit, RequestContext
 from .routes import api, public
 from .state import ServerState
@@ -52,7 +53,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(api)
     key, general = config.master_key, config.general_settings
     open_paths = PUBLIC_PATHS if general.metrics_require_auth else PUBLIC_PATHS | {"/metrics"}
-    master_key = MasterKey(key.get_secret_value()) if key is not None else None
+    master_key: MasterKey | KeyRing | None = MasterKey(key.get_secret_value()) if key is not None else None
+    if general.api_keys:
+        extra = [(k.key.get_secret_value(), k.name, k.models, k.rpm) for k in general.api_keys]
+        master_key = key_ring(key.get_secret_value() if key is not None else None, extra)
     app.add_middleware(BodyLimit, max_bytes=general.max_request_body_bytes)
     app.add_middleware(AuthGate, master_key=master_key, public=open_paths)
     app.add_middleware(RequestContext)  # added last: outermost, so it logs and ids every answer

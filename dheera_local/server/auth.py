@@ -15,7 +15,9 @@ import secrets
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._errors import OverloadedError
 from .errors import AuthenticationError, api_error
+from .keys import CURRENT_KEY, KeyRing
 
 PUBLIC_PATHS = frozenset({
     "/health/liveliness", "/health/liveness", "/health/readiness", "/docs", "/docs/oauth2-redirect", "/redoc",
@@ -66,7 +68,9 @@ def check(master_key: MasterKey | None, request: Request) -> None:
 class AuthGate:
     """ASGI middleware: 401 for a missing or wrong key, before the body is read."""
 
-    def __init__(self, app: ASGIApp, master_key: MasterKey | None, public: frozenset[str] = PUBLIC_PATHS) -> None:
+    def __init__(
+        self, app: ASGIApp, master_key: MasterKey | KeyRing | None, public: frozenset[str] = PUBLIC_PATHS
+    ) -> None:
         self.app = app
         self.master_key = master_key
         self.public = public
@@ -75,7 +79,21 @@ class AuthGate:
         if scope["type"] == "http" and self.master_key is not None and scope.get("path") not in self.public:
             try:
                 check(self.master_key, Request(scope))
-            except AuthenticationError as exc:
+                _admit(self.master_key, scope)
+            except (AuthenticationError, OverloadedError) as exc:
                 await api_error(exc).response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _admit(keys: MasterKey | KeyRing, scope: Scope) -> None:
+    """With several keys: note which one this request carries (its name labels metrics and logs), and
+    count it against its rpm (OverloadedError: 429 with Retry-After)."""
+    if not isinstance(keys, KeyRing):
+        return
+    policy = keys.identify(bearer_token(Request(scope)) or "")
+    if policy is None:
+        return
+    scope.setdefault("state", {})["log"] = {"key": policy.name}
+    CURRENT_KEY.set(policy)
+    policy.admit()

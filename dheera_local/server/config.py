@@ -29,6 +29,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
@@ -54,14 +55,22 @@ PARAMS_KEY = "dheera_ai_params"
 PARAMS_ALIAS = "litellm_params"
 
 # LiteLLM settings with no meaning here: accepted so that a LiteLLM config loads, then ignored.
-IGNORED_SECTIONS = frozenset({"litellm_settings", "router_settings", "environment_variables", "callback_settings"})
+IGNORED_SECTIONS = frozenset({"environment_variables", "callback_settings"})
+# router_settings / litellm_settings keys that mean something here (routing.py); the others are dropped
+# with the one warning. A repeated model_name is a group of deployments (LiteLLM's load balancing).
+ROUTER_KEYS = frozenset({"fallbacks", "num_retries", "timeout", "routing_strategy"})
+LITELLM_KEYS = frozenset({"fallbacks", "num_retries", "request_timeout"})
+LITELLM_CACHE_KEYS = frozenset({"cache", "cache_params"})  # a Redis cache -> general_settings.cache_url
+ROUTING_PARAMS = frozenset({"weight", "rpm"})
 IGNORED_PARAMS = frozenset({
     "rpm", "tpm", "max_retries", "num_retries", "stream_timeout", "order", "weight", "max_parallel_requests",
     "custom_llm_provider", "drop_params", "input_cost_per_query", "input_cost_per_token", "output_cost_per_token",
+    "tags", "region_name", "model_id", "mock_response",
 })  # fmt: skip
 IGNORED_GENERAL = frozenset({
     "database_url", "alerting", "background_health_checks", "health_check_interval", "health_check_details",
     "store_model_in_db", "disable_spend_logs", "proxy_batch_write_at", "database_connection_pool_limit",
+    "allowed_routes", "public_routes", "admin_only_routes", "enforce_user_param", "disable_master_key_return",
 })  # fmt: skip
 
 
@@ -91,16 +100,51 @@ ModelParams = create_model(
 )
 
 
+class Deployment(_Section):
+    """How a group's requests are spread over its deployments (LiteLLM's simple shuffle)."""
+
+    weight: float = Field(default=1.0, gt=0)
+    rpm: int | None = Field(default=None, gt=0, description="requests a minute; past it the next deployment serves")
+
+
+class RouterSettings(_Section):
+    """What LiteLLM's ``router_settings`` (and ``litellm_settings``) say that means something here."""
+
+    fallbacks: list[dict[str, list[str]]] = Field(default_factory=list, description="[{group: [other groups]}]")
+    num_retries: int | None = Field(default=None, ge=0, description="general_settings.num_retries if unset there")
+    timeout: float | None = Field(default=None, gt=0, description="seconds per request, where a model sets none")
+    routing_strategy: str = "simple-shuffle"
+
+
 class ModelEntry(_Section):
     model_name: str = Field(min_length=1)
     dheera_ai_params: ModelParams
     model_info: dict[str, Any] | None = None  # LiteLLM's; kept for compatibility, unused
+    routing: Deployment = Field(default_factory=lambda: Deployment())  # litellm_params.weight / rpm, moved here
+
+
+class ApiKey(_Section):
+    """One more API key (server/keys.py): a name for metrics and logs, the models it may call, a limit."""
+
+    key: SecretStr
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    models: list[str] | None = None
+    rpm: int | None = Field(default=None, gt=0)
+
+    @field_validator("key")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().strip()) < 8:
+            raise ValueError("must be at least 8 characters")
+        register(value.get_secret_value())
+        return value
 
 
 class GeneralSettings(_Section):
     """Server-wide settings: auth, cache, limits, micro-batching."""
 
     master_key: SecretStr | None = None
+    api_keys: list[ApiKey] = Field(default_factory=list, description="more keys: name, models, rpm")
     cache: bool = True
     cache_dir: Path | None = None
     max_documents_per_request: int = Field(default=1000, ge=1)
@@ -119,6 +163,24 @@ class GeneralSettings(_Section):
     max_connections: int | None = Field(
         default=None, ge=1, description="beyond it: 503 and closed (default: half the open-file limit, <= 1,024)"
     )
+    # The shared score-cache tier (dheera_local._cache_redis); else DHEERA_CACHE_URL and friends.
+    cache_url: SecretStr | None = Field(default=None, description="redis://host:6379/0, rediss://, unix://")
+    cache_ttl: int | None = Field(default=None, gt=0, description="seconds an entry lives in the shared cache")
+    cache_local: bool = Field(default=False, description="keep the disk cache in front of the shared one")
+    cache_timeout: float = Field(default=0.25, gt=0, description="seconds for a shared-cache connect or command")
+
+    @field_validator("cache_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from urllib.parse import urlsplit
+
+            url = value.get_secret_value().strip()
+            register(urlsplit(url).password)
+            if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("not a Redis URL; write redis://host:6379/0, rediss://... (TLS) or unix:///path")
+            value = SecretStr(url)
+        return value
 
     @field_validator("master_key")
     @classmethod
@@ -135,6 +197,7 @@ class ServerConfig(_Section):
 
     model_list: list[ModelEntry] = Field(min_length=1)
     general_settings: GeneralSettings = Field(default_factory=GeneralSettings)
+    router_settings: RouterSettings = Field(default_factory=RouterSettings)
     source: str = Field(default="config", exclude=True, description="where it was read, for messages")
     params_keys: tuple[str, ...] = Field(default=(), exclude=True, description="the params key each entry used")
 
@@ -180,7 +243,7 @@ def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str
         config = None
     # Raised outside the except: pydantic's error, which quotes the values, must not be the __context__.
     if config is not None:
-        problems += _duplicate_names(config) + _limit_problems(config)
+        problems += _group_problems(config) + _limit_problems(config)
     if problems or config is None:
         raise _config_error(problems, source)
     if config.master_key is None and env.get(MASTER_KEY_ENV, "").strip():
@@ -264,6 +327,8 @@ def _normalize(data: dict[str, Any], source: str) -> tuple[dict[str, Any], tuple
     """Accept ``litellm_params`` for ``dheera_ai_params``; drop LiteLLM-only settings with one warning."""
     ignored = sorted(key for key in data if key in IGNORED_SECTIONS)
     data = {key: value for key, value in data.items() if key not in IGNORED_SECTIONS}
+    data, dropped = _router_settings(data)
+    ignored += dropped
     general = data.get("general_settings")
     if isinstance(general, dict):
         ignored += [f"general_settings.{key}" for key in general if key in IGNORED_GENERAL]
@@ -297,15 +362,66 @@ def _ignored_params(entry: Any, index: int, written: str) -> list[str]:
     params = entry.get(PARAMS_KEY) if isinstance(entry, dict) else None
     if not isinstance(params, dict):
         return []
-    dropped = [key for key in params if key in IGNORED_PARAMS]
+    dropped = [key for key in params if key in IGNORED_PARAMS and key not in ROUTING_PARAMS]
     for key in dropped:
         del params[key]
+    routing = {key: params.pop(key) for key in ROUTING_PARAMS if key in params}
+    if routing:
+        entry["routing"] = routing
     return [f"model_list[{index}].{written}.{key}" for key in dropped]
+
+
+def _router_settings(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``router_settings`` and ``litellm_settings`` merged into ``router_settings`` (the router's win), keeping
+    the keys that mean something here; the others are returned, to be named in the one warning."""
+    merged: dict[str, Any] = {}
+    dropped: list[str] = []
+    for section, known in (("litellm_settings", LITELLM_KEYS), ("router_settings", ROUTER_KEYS)):
+        values = data.pop(section, None)
+        if not isinstance(values, dict):
+            if values is not None:
+                dropped.append(section)
+            continue
+        if section == "litellm_settings":
+            dropped += _litellm_cache(values, data)
+        for key, value in values.items():
+            if key in LITELLM_CACHE_KEYS and section == "litellm_settings":
+                continue
+            if key == "routing_strategy" and value != "simple-shuffle":
+                dropped.append(f"{section}.routing_strategy={value} (simple-shuffle is used)")
+            elif key in known:
+                merged["timeout" if key == "request_timeout" else key] = value
+            else:
+                dropped.append(f"{section}.{key}")
+    if merged:
+        data["router_settings"] = merged
+    return data, dropped
+
+
+def _litellm_cache(settings: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """LiteLLM's ``cache: true`` with ``cache_params: {type: redis, host, port, password}`` is our shared
+    score cache (unless ``general_settings.cache_url`` names one); its other cache settings are dropped."""
+    params = settings.get("cache_params") if isinstance(settings.get("cache_params"), dict) else {}
+    if settings.get("cache") is not True or params.get("type") != "redis":
+        return [f"litellm_settings.{key}" for key in LITELLM_CACHE_KEYS if key in settings]
+    general = data.setdefault("general_settings", {})
+    if isinstance(general, dict) and "cache_url" not in general:
+        if params.get("url"):
+            general["cache_url"] = params["url"]
+        else:
+            password = params.get("password")
+            auth = f":{quote(str(password), safe='')}@" if password else ""
+            general["cache_url"] = f"redis://{auth}{params.get('host', 'localhost')}:{params.get('port', 6379)}/0"
+        if params.get("ttl"):
+            general.setdefault("cache_ttl", params["ttl"])
+    used = {"type", "host", "port", "password", "url", "ttl"}
+    return [f"litellm_settings.cache_params.{key}" for key in params if key not in used]
 
 
 _SECTIONS: dict[tuple[str, int], type[BaseModel]] = {
     ("", 1): ServerConfig,
     ("general_settings", 2): GeneralSettings,
+    ("router_settings", 2): RouterSettings,
     ("model_list", 3): ModelEntry,
     ("model_list", 4): ModelParams,
 }
@@ -354,17 +470,17 @@ def _key_path(loc: tuple[Any, ...], params_keys: tuple[str, ...]) -> str:
     return path
 
 
-def _duplicate_names(config: ServerConfig) -> list[Problem]:
-    seen: dict[str, int] = {}
+def _group_problems(config: ServerConfig) -> list[Problem]:
+    """A repeated model_name is a group of deployments; a fallback must name a group."""
+    names = {entry.model_name for entry in config.model_list}
     problems = []
-    for index, entry in enumerate(config.model_list):
-        if entry.model_name in seen:
-            problems.append((
-                f"model_list[{index}].model_name",
-                f"{entry.model_name!r} is already the name of model_list[{seen[entry.model_name]}]; "
-                "each model_name must be unique",
-            ))  # fmt: skip
-        seen.setdefault(entry.model_name, index)
+    for index, rule in enumerate(config.router_settings.fallbacks):
+        for group, others in rule.items():
+            problems += [
+                (f"router_settings.fallbacks[{index}]",
+                 f"{name!r} is not a model_name of model_list (configured: {', '.join(sorted(names))})")
+                for name in [group, *others] if name not in names
+            ]  # fmt: skip
     return problems
 
 

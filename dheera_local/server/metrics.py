@@ -59,6 +59,15 @@ class Metrics:
             "dheera_fallbacks", "Backends that failed before another served.", ["model", "backend"],
             registry=self.registry,
         )  # fmt: skip
+        self.key_requests = Counter(
+            "dheera_key_requests", "Requests per API key name.", ["key", "status"], registry=self.registry
+        )
+        self.key_pairs = Counter(
+            "dheera_key_pairs_scored", "Pairs scored per API key name.", ["key"], registry=self.registry
+        )
+        self.key_cache_hits = Counter(
+            "dheera_key_cache_hits", "Pairs answered from the cache per API key name.", ["key"], registry=self.registry
+        )
         self.registry.register(_BatcherCollector(batcher_stats))
 
     def observe(self, route: str, status: int, seconds: float, fields: dict[str, Any]) -> None:
@@ -72,6 +81,11 @@ class Metrics:
             self.cache_hits.labels(model).inc(fields["cache_hits"])
         for backend in fields.get("fallbacks") or ():
             self.fallbacks.labels(model, backend).inc()
+        key = fields.get("key")
+        if key:  # general_settings.api_keys: the key's name, never the key
+            self.key_requests.labels(key, str(status)).inc()
+            self.key_pairs.labels(key).inc(fields.get("scored") or 0)
+            self.key_cache_hits.labels(key).inc(fields.get("cache_hits") or 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

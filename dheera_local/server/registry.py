@@ -13,6 +13,7 @@ from typing import Any
 
 from .._errors import ConfigError, InvalidRequestError, ModelNotAvailableError
 from .._hardware import dtype_name
+from .._model_ref import COHERE_PREFIX
 from .._orchestrator import Reranker
 from ..backends.local import LocalBackend
 from .config import ModelEntry, ServerConfig
@@ -31,6 +32,8 @@ class ServedModel:
     max_length: int
     backends: tuple[str, ...]
     local: LocalBackend | None = None
+    weight: float = 1.0  # a deployment's share of its group's requests
+    rpm: int | None = None
 
     @property
     def dtype(self) -> str | None:
@@ -38,10 +41,17 @@ class ServedModel:
 
 
 class ModelRegistry:
-    """Resolves the ``model`` of a request; the first configured model is the default."""
+    """Resolves the ``model`` of a request; the first configured model is the default.
+
+    ``models`` holds each name's first deployment (what /info and /health describe); ``groups`` all of
+    them, in config order (a repeated ``model_name`` is a group, as in LiteLLM).
+    """
 
     def __init__(self, models: list[ServedModel]) -> None:
-        self.models = {served.name: served for served in models}
+        self.groups: dict[str, list[ServedModel]] = {}
+        for served in models:
+            self.groups.setdefault(served.name, []).append(served)
+        self.models = {name: deployments[0] for name, deployments in self.groups.items()}
         self.default = models[0]
 
     @classmethod
@@ -86,12 +96,23 @@ def model_options(config: ServerConfig, entry: ModelEntry) -> dict[str, Any]:
     options = {name: value for name, value in params if name != "model" and value is not None}
     options["cache"] = general.cache if params.cache is None else params.cache
     options["cache_dir"] = general.cache_dir
+    if options.get("timeout") is None and config.router_settings.timeout is not None:
+        options["timeout"] = config.router_settings.timeout
     return options
+
+
+def _cohere_api(model: str, options: dict[str, Any], reranker: Reranker) -> dict[str, Any]:
+    """LiteLLM's ``cohere/NAME`` without ``api_base`` calls Cohere's API with ``CO_API_KEY``/``COHERE_API_KEY``."""
+    if not model.startswith(COHERE_PREFIX) or options.get("api_base"):
+        return options
+    settings = reranker.settings
+    key = options.get("api_key") or settings.cohere_api_key
+    return {**options, "api_base": settings.cohere_api_base, "api_key": key, "api_format": "cohere"}
 
 
 def _plan(config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranker) -> ServedModel:
     model = entry.dheera_ai_params.model
-    options = model_options(config, entry)
+    options = _cohere_api(model, model_options(config, entry), reranker)
     try:
         plan = reranker.plan(model, **options)
     except InvalidRequestError as exc:
@@ -109,4 +130,6 @@ def _plan(config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranke
         max_length=plan.identity.max_length,
         backends=plan.backend_names,
         local=plan.local,
+        weight=entry.routing.weight,
+        rpm=entry.routing.rpm,
     )

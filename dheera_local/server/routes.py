@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .health import check_models
+from .keys import CURRENT_KEY
 from .metrics import CONTENT_TYPE
 from .schemas import (
     COHERE_RESPONSE,
@@ -164,5 +165,8 @@ def _respond(request: Request, answer: Answer) -> JSONResponse:
             headers["x-dheera-fallbacks"] = ",".join(served.fallbacks)
         log.update(backend=served.backend, cache_hits=served.cache_hits, scored=served.scored)
         log["fallbacks"] = served.fallbacks
+    policy = CURRENT_KEY.get()
+    if policy is not None:
+        log["key"] = policy.name  # the key's name, never the key
     request.state.log = log
     return RerankJSONResponse(answer.payload, headers=headers)

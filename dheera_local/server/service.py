@@ -7,17 +7,25 @@ the answer as Cohere (``{"results", "id", "meta"}``) or TEI (a bare ``[{index, s
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
+from .._errors import AllBackendsFailedError, DheeraError, OverloadedError, ShuttingDownError
 from .._orchestrator import Reranker
-from .._request import build_request
-from .._response import ApiVersion, ServedBy
+from .._request import RerankRequest, build_request
+from .._response import ApiVersion, RerankResponse, ServedBy
+from .coalescing import Coalescer, request_key
 from .config import GeneralSettings
 from .errors import RequestTooLargeError
+from .keys import CURRENT_KEY
 from .registry import ModelRegistry, ServedModel
+from .routing import Router
 from .schemas import CohereRerankRequest, CohereV2RerankRequest, TEIRerankRequest
+
+logger = logging.getLogger("dheera_local.server")
 
 
 @dataclass
@@ -33,10 +41,15 @@ class Answer:
 class RerankService:
     """Serves rerank requests for the configured models."""
 
-    def __init__(self, reranker: Reranker, registry: ModelRegistry, settings: GeneralSettings) -> None:
+    def __init__(
+        self, reranker: Reranker, registry: ModelRegistry, settings: GeneralSettings,
+        fallbacks: dict[str, list[str]] | None = None,
+    ) -> None:  # fmt: skip
         self.reranker = reranker
         self.registry = registry
         self.settings = settings
+        self.coalescer = Coalescer()
+        self.router = Router(registry.groups, fallbacks or {})
 
     async def cohere(
         self, body: CohereRerankRequest | CohereV2RerankRequest, *, model: str | None, version: str
@@ -44,14 +57,17 @@ class RerankService:
         """A Cohere-format request; ``model`` (from the URL) overrides the body's."""
         served = self.registry.resolve(model if model is not None else body.model)
         self._check_count(len(body.documents), "documents")
-        request = build_request(
-            served.model, body.query, body.documents, body.top_n, body.return_documents,
-            rank_fields=getattr(body, "rank_fields", None),
-            max_chunks_per_doc=getattr(body, "max_chunks_per_doc", None),
-            max_tokens_per_doc=body.max_tokens_per_doc, raw_scores=body.raw_scores,
-            **_with_prompt(served.options, body),
-        )  # fmt: skip
-        response = await self.reranker.arun(request)
+
+        def make(deployment: ServedModel) -> RerankRequest:
+            return build_request(
+                deployment.model, body.query, body.documents, body.top_n, body.return_documents,
+                rank_fields=getattr(body, "rank_fields", None),
+                max_chunks_per_doc=getattr(body, "max_chunks_per_doc", None),
+                max_tokens_per_doc=body.max_tokens_per_doc, raw_scores=body.raw_scores,
+                **_with_prompt(deployment.options, body),
+            )  # fmt: skip
+
+        response = await self._run(served, make)
         response.meta.api_version = ApiVersion(version=version)
         return Answer(response.model_dump(), response.meta.dheera_local, served.name, len(body.documents))
 
@@ -59,13 +75,47 @@ class RerankService:
         """A TEI-format request: all texts ranked best first (``top_n`` honoured as an extension)."""
         served = self.registry.resolve(model)
         self._check_count(len(body.texts), "texts")
-        request = build_request(
-            served.model, body.query, body.texts, body.top_n, False, raw_scores=body.raw_scores,
-            **_with_prompt(served.options, body),
-        )
-        response = await self.reranker.arun(request)
+
+        def make(deployment: ServedModel) -> RerankRequest:
+            return build_request(
+                deployment.model, body.query, body.texts, body.top_n, False, raw_scores=body.raw_scores,
+                **_with_prompt(deployment.options, body),
+            )
+
+        response = await self._run(served, make)
         ranks = [_tei_rank(result.index, result.relevance_score, body) for result in response.results]
         return Answer(ranks, response.meta.dheera_local, served.name, len(body.texts))
+
+    async def _run(self, served: ServedModel, make: Callable[[ServedModel], RerankRequest]) -> RerankResponse:
+        """Serve the request ``make`` builds for a deployment of ``served``'s group; identical requests in
+        flight at the same time are computed once (the first build validates the request)."""
+        policy = CURRENT_KEY.get()
+        if policy is not None:
+            policy.check_model(served.name)
+        first = make(served)
+        key = request_key(served.name, first)
+        return await self.coalescer.run(key, lambda: self._failover(served, first, make))
+
+    async def _failover(
+        self, served: ServedModel, first: RerankRequest, make: Callable[[ServedModel], RerankRequest]
+    ) -> RerankResponse:
+        """Try the deployments in the router's order; the last failure is raised when all failed."""
+        name = served.name
+        failure: DheeraError | None = None
+        order = self.router.order(name)
+        for position, deployment in enumerate(order, start=1):
+            request = first if deployment is served else make(deployment)
+            self.router.window.started(deployment)
+            try:
+                return await self.reranker.arun(request)
+            except (AllBackendsFailedError, OverloadedError) as exc:
+                if isinstance(exc, ShuttingDownError):
+                    raise
+                if position < len(order):
+                    logger.warning("%s: deployment %s failed (%s); trying the next", name, deployment.model, exc)
+                failure = exc
+        assert failure is not None  # a group has at least one deployment
+        raise failure
 
     def _check_count(self, count: int, field: str) -> None:
         limit = self.settings.max_documents_per_request

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from .._cache_redis import RedisCacheStore
 from .._orchestrator import Reranker
 from .._runtime import close_all
 from .._secrets import mask
 from ..backends._http import RetryPolicy
-from .config import ServerConfig
+from .config import GeneralSettings, ServerConfig
 from .errors import NotReadyError
 from .metrics import Metrics
 from .micro_batching import BatcherPool
@@ -42,6 +43,7 @@ class ServerState:
     metrics: Metrics | None
     started_at: int
     draining: bool = False
+    tier: RedisCacheStore | None = None  # the shared score cache general_settings.cache_url names
 
     @classmethod
     def create(cls, config: ServerConfig) -> ServerState:
@@ -49,16 +51,26 @@ class ServerState:
         key path of one that can never be served). Nothing loads and no thread starts yet."""
         settings = config.general_settings
         pool = BatcherPool(max_queue_pairs=settings.max_queue_pairs, max_batch_pairs=settings.max_batch_pairs)
-        reranker = Reranker(retry=RetryPolicy(max_attempts=settings.num_retries + 1), local_wrapper=pool.wrap)
+        tier = _shared_tier(settings)
+        router = config.router_settings
+        retries = settings.num_retries
+        if "num_retries" not in settings.model_fields_set and router.num_retries is not None:
+            retries = router.num_retries  # LiteLLM's router_settings.num_retries, unless ours says otherwise
+        reranker = Reranker(retry=RetryPolicy(max_attempts=retries + 1), local_wrapper=pool.wrap, cache=tier)
         registry = ModelRegistry.from_config(config, reranker)
+        fallbacks: dict[str, list[str]] = {}
+        for rule in router.fallbacks:
+            for group, others in rule.items():
+                fallbacks.setdefault(group, []).extend(others)
         return cls(
             config=config,
             registry=registry,
             reranker=reranker,
             pool=pool,
-            service=RerankService(reranker, registry, settings),
+            service=RerankService(reranker, registry, settings, fallbacks),
             metrics=Metrics(pool.stats) if settings.metrics else None,
             started_at=int(time.time()),
+            tier=tier,
         )
 
     async def start(self) -> None:
@@ -81,8 +93,20 @@ class ServerState:
         await asyncio.to_thread(self.pool.close, self.config.general_settings.graceful_shutdown_timeout)
         await self.reranker.aclose()
         self.reranker.close()
+        if self.tier is not None:
+            self.tier.close()
         close_all()
         logger.info("stopped: queues drained, clients closed")
+
+
+def _shared_tier(settings: GeneralSettings) -> RedisCacheStore | None:
+    """The shared score cache of ``general_settings.cache_url`` (None: the environment's, or the disk)."""
+    if settings.cache_url is None:
+        return None
+    return RedisCacheStore(
+        settings.cache_url.get_secret_value(), ttl=settings.cache_ttl, local=settings.cache_local,
+        timeout=settings.cache_timeout,
+    )  # fmt: skip
 
 
 def server_state(request: Request) -> ServerState:
