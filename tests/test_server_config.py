@@ -238,13 +238,13 @@ def test_a_model_that_can_never_be_served_stops_startup(params: dict[str, Any], 
 
 def test_every_model_that_can_never_be_served_comes_in_one_report() -> None:
     data = {"model_list": [entry({"model": "rerank-english-v3.0"}), GOOD,
-                           entry({"model": "tiny-org/tiny-bert-reranker", "dtype": "float8"}, name="n")]}  # fmt: skip
+                           entry({"model": "tiny-org/not-on-disk", "backend": "local"}, name="n")]}  # fmt: skip
     with pytest.raises(ConfigError) as info:
         create_app(parse_config(data, source="config.yaml"))
     lines = str(info.value).splitlines()
     assert lines[0] == "config.yaml: 2 problems:"
     assert lines[1].startswith(f"  {P0}.model: ") and "api_base" in lines[1]
-    assert lines[2].startswith("  model_list[2].dheera_ai_params.dtype: ") and "float8" in lines[2]
+    assert lines[2].startswith("  model_list[2].dheera_ai_params.model: ") and "not-on-disk" in lines[2]
     assert info.value.path == f"{P0}.model"
 
 
