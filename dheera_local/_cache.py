@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import diskcache
 from diskcache.core import DBNAME, DEFAULT_SETTINGS, METADATA, MODE_PICKLE, MODE_RAW
@@ -252,7 +253,17 @@ class KeyMaker:
         return digest.hexdigest()
 
 
-def credential_namespace(cache: ScoreCache, credential: str | None) -> str | None:
+class PairCache(Protocol):
+    """What the orchestrator asks of an open cache."""
+
+    def get_many(self, keys: list[str]) -> dict[str, float]: ...
+
+    def set_many(self, logits: dict[str, float], expire: float | None = None) -> None: ...
+
+    def secret(self) -> bytes | None: ...
+
+
+def credential_namespace(cache: PairCache, credential: str | None) -> str | None:
     """The name a remote backend's scores are cached under for ``credential`` (its API key or token):
     ``cred:<HMAC-SHA256 of the key with the cache folder's secret>``, ``cred:none`` without one. Two
     keys never share entries and a wrong key finds none of the right one's, yet neither the key nor
@@ -260,7 +271,7 @@ def credential_namespace(cache: ScoreCache, credential: str | None) -> str | Non
     secret (then remote scores are not cached)."""
     if not credential:
         return "cred:none"
-    secret = cache_secret(cache.directory)
+    secret = cache.secret()
     if secret is None:
         return None
     return "cred:" + derive(secret, "remote-credential", credential.encode("utf-8", "surrogatepass"))
@@ -295,6 +306,10 @@ class ScoreCache:
     def max_entries(self) -> int:
         """Entries the size limit holds (``ENTRY_BYTES`` each); a write evicts the oldest past it."""
         return max(self._cache.size_limit // ENTRY_BYTES, 1)
+
+    def secret(self) -> bytes | None:
+        """The folder's secret (credential namespaces); None when the folder cannot keep one."""
+        return cache_secret(self.directory)
 
     def get_many(self, keys: list[str]) -> dict[str, float]:
         """The cached logits among ``keys``; unreadable rows count as misses.

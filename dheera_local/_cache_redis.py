@@ -28,16 +28,18 @@ redis-py is imported only when a store is made (``pip install 'dheera_local[redi
 from __future__ import annotations
 
 import logging
+import math
+import os
 import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ._cache import DEFAULT_SIZE_LIMIT, SHARED_CACHES, CacheStore
+from ._cache import DEFAULT_SIZE_LIMIT, SHARED_CACHES, CacheStore, PairCache
 from ._errors import ConfigError
 from ._secrets import register
 
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dheera_local")
 
 KEY_PREFIX = "dheera:score:"
+# 32 random bytes, made by the first replica: the HMAC secret of remote endpoints' credential namespaces.
+SECRET_KEY = "dheera:secret"
 DEFAULT_TIMEOUT = 0.25  # seconds: connect, each read/write, and the wait for a pooled connection
 DEFAULT_MAX_CONNECTIONS = 16
 RETRY_AFTER = 5.0  # seconds a failed tier is left alone before it is asked again
@@ -54,14 +58,6 @@ WARN_EVERY = 60.0  # seconds between two warnings about an unreachable tier
 SCHEMES = ("redis", "rediss", "unix")
 _LOGIT = struct.Struct(">d")
 _KEYS_PER_MGET = 500
-
-
-class PairCache(Protocol):
-    """What the orchestrator asks of an open cache."""
-
-    def get_many(self, keys: list[str]) -> dict[str, float]: ...
-
-    def set_many(self, logits: dict[str, float]) -> None: ...
 
 
 def redacted(url: str) -> str:
@@ -156,19 +152,36 @@ class RedisScoreCache:
             if isinstance(value, bytes) and len(value) == _LOGIT.size
         }
 
-    def set_many(self, logits: dict[str, float]) -> None:
-        """Store logits (one pipelined round trip, each with the TTL if one is set)."""
+    def set_many(self, logits: dict[str, float], expire: float | None = None) -> None:
+        """Store logits (one pipelined round trip), each for the tier's TTL or ``expire`` seconds (a remote
+        endpoint's scores), whichever is shorter."""
         if not logits or not self._breaker.available():
             return
+        lifetimes = [t for t in (self.ttl, None if expire is None else max(1, math.ceil(expire))) if t is not None]
+        ttl = min(lifetimes) if lifetimes else None
         try:
             pipe = self._client.pipeline(transaction=False)
             for key, logit in logits.items():
-                pipe.set(KEY_PREFIX + key, _LOGIT.pack(logit), ex=self.ttl)
+                pipe.set(KEY_PREFIX + key, _LOGIT.pack(logit), ex=ttl)
             pipe.execute()
         except self._errors as exc:
             self._breaker.failed("be written", exc)
             return
         self._breaker.succeeded()
+
+    def secret(self) -> bytes | None:
+        """The tier's secret for credential namespaces, shared by every replica (made by the first, SET NX),
+        so a remote endpoint's scores keyed under one key's namespace are hits on every replica. None while
+        the tier is down (remote scores are then not cached)."""
+        if not self._breaker.available():
+            return None
+        try:
+            self._client.set(SECRET_KEY, os.urandom(32), nx=True)
+            secret = self._client.get(SECRET_KEY)
+        except self._errors as exc:
+            self._breaker.failed("be read", exc)
+            return None
+        return secret if isinstance(secret, bytes) and len(secret) == 32 else None
 
     def stats(self) -> dict[str, object]:
         """The tier's URL (without credentials), its TTL and how often it failed."""
@@ -192,9 +205,12 @@ class TwoLevelCache:
                 found.update(remote)
         return found
 
-    def set_many(self, logits: dict[str, float]) -> None:
-        self.local.set_many(logits)
-        self.shared.set_many(logits)
+    def set_many(self, logits: dict[str, float], expire: float | None = None) -> None:
+        self.local.set_many(logits, expire=expire)
+        self.shared.set_many(logits, expire=expire)
+
+    def secret(self) -> bytes | None:
+        return self.shared.secret()  # the tier's: both levels hold the same keys
 
 
 @dataclass(frozen=True)

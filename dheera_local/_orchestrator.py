@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from ._cache import CacheStore, KeyMaker, ScoreCache, credential_namespace
+from ._cache import CacheStore, KeyMaker, PairCache, ScoreCache, credential_namespace
 from ._cache_redis import RedisCacheStore, default_store
 from ._chunking import ChunkSettings, TokenCounter, document_windows
 from ._discovery import did_you_mean
@@ -72,7 +72,7 @@ class _Keying:
     expire: float | None
 
 
-def _keying(plan: Plan, index: int, cache: ScoreCache, remote_ttl: float) -> _Keying | None:
+def _keying(plan: Plan, index: int, cache: PairCache, remote_ttl: float) -> _Keying | None:
     """Candidate ``index``'s keying; None when its scores are not cached (a remote with TTL 0, or a folder
     that keeps no secret). A remote's identity also names its credential's namespace, so a wrong key
     is asked, not answered from the right one's entries. Raises BackendError as ``cache_identity`` does."""
