@@ -18,6 +18,7 @@ from .._catalog import check_cross_encoder
 from .._cpu_kernels import EAGER, pack_linears, packing_available
 from .._discovery import LocalWeights, configured_max_length
 from .._errors import LocalBackendError
+from .._int8 import quantize_encoder
 from .._token_budget import plan_batches
 
 logger = logging.getLogger("dheera_local")
@@ -52,9 +53,12 @@ class LocalModel:
         self.num_labels = int(network.config.num_labels)
         self.kernels = EAGER
         probed = self._probe_reference(network) if packing_available(device, dtype, cpu_kernels) else None
-        self.network = _to_dtype(network, dtype, device)
-        if probed is not None:
-            self.kernels = pack_linears(self.network, *probed)
+        if dtype == torch.int8:  # opt-in (never auto): the encoder's linears in dynamic int8, the rest fp32
+            self.network, self.kernels = network, quantize_encoder(network)
+        else:
+            self.network = _to_dtype(network, dtype, device)
+            if probed is not None:
+                self.kernels = pack_linears(self.network, *probed)
         self._lock = threading.Lock()
         # The padded-token budget an out-of-memory taught (None: none yet): later requests start there
         # instead of running out of memory again, each of them, at the budget they asked for.
