@@ -85,7 +85,7 @@ def main() -> None:
                 raise SystemExit(f"{label} failed: {result['error']}")
             rates[name].append(pairs / min(result["latencies"]))
             rows[name] = result
-    lines = speed_table(names, rates, rows, args)
+    lines = speed_table(names, rates, rows, args) if args.rounds else []
     if not args.no_profile:
         lines += profile_table(names, spec, env, model, workload)
     report = "\n".join(lines) + "\n"
@@ -136,10 +136,11 @@ def profile_table(names: list[str], spec: dict, env: dict[str, str], model: Path
         " Self time per operator from torch.profiler, one profiled pass after a warm-up, each system in its own"
         " process; 'not torch' is the call's wall time minus every torch operator's: tokenizing, padding, Python.",
         "",
-        "| system | wall s | linears s | attention s | GELU s | layer norm s | embeddings s | other torch s "
-        "| not torch s | padded tokens | linear GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| system | wall s | pairs/s | x ST | linears s | attention s | GELU s | layer norm s | embeddings s "
+        "| other torch s | not torch s | padded tokens | linear GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    st_wall = None
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
             system, label, extra = SYSTEMS[name]
@@ -155,9 +156,13 @@ def profile_table(names: list[str], spec: dict, env: dict[str, str], model: Path
                 lines.append(f"| {label} | failed: {done.stderr.strip().splitlines()[-1:]} |")
                 continue
             p = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  profiled {label}: {p}", file=sys.stderr, flush=True)
             cats = p["categories"]
+            st_wall = p["wall"] if name == "st" else st_wall
+            versus = f"{st_wall / p['wall']:.2f}x" if st_wall else "—"
             lines.append(
-                f"| {label} | {p['wall']:.2f} | {cats.get('linears', 0):.2f} | {cats.get('attention', 0):.2f} "
+                f"| {label} | {p['wall']:.2f} | {len(lengths) / p['wall']:.1f} | {versus} "
+                f"| {cats.get('linears', 0):.2f} | {cats.get('attention', 0):.2f} "
                 f"| {cats.get('GELU', 0):.2f} | {cats.get('layer norm', 0):.2f} | {cats.get('embeddings', 0):.2f} "
                 f"| {cats.get('other torch ops', 0):.2f} | {p['not_torch']:.2f} | {p['padded_tokens']:,} "
                 f"| {linear_gflop / max(cats.get('linears', 0), 1e-9):.0f} |"
