@@ -1,8 +1,8 @@
 """Opt-in int8 inference on CPU (``dtype="int8"``): the encoder's linear layers in int8, the rest in fp32.
 
 Weights are quantized once at load, per output channel (symmetric int8, one scale per row: a trained
-checkpoint's rows differ in range, and one scale per tensor would waste bits on the narrow
-them); activations are quantized per batch, dynamically (per tensor, from the batch's own range), by torch's
+checkpoint's rows differ in range, and one scale per tensor would waste bits on the narrow ones);
+activations are quantized per batch, dynamically (per tensor, from the batch's own range), by torch's
 ``quantize_dynamic`` — fbgemm kernels on x86 (AVX2, AVX-512, VNNI), qnnpack on ARM. Those kernels quantize
 activations to 7 bits (``reduce_range``): AVX2 has no int8 dot product and sums u8 x s8 pairs in int16,
 which 8-bit activations could saturate (logits then move by more than a whole logit). Embeddings,
