@@ -10,9 +10,9 @@ attention's softmax, layer norms, the pooler and the head stay fp32: they are a 
 where the ranking is most sensitive.
 
 int8 is never chosen by ``dtype="auto"``: it changes scores (its own entry in the score cache) and
-misses the fidelity bar: on NovelEval, the real MiniLM-L12 reranker keeps Kendall τ 0.956 and 9/10 of every
-query's top 10 but loses 0.0065 nDCG@10; a trained body whose weights are not int8-rounded keeps τ 0.771 and
-7/10 (README, Benchmarks).
+meets the fidelity bar only narrowly on the real MiniLM-L12 reranker (NovelEval: Kendall τ 0.954, 9/10 of every
+query's top 10, nDCG@10 -0.0009) and misses it far on a trained body whose weights are not int8-rounded (τ 0.771,
+7/10) (README, Benchmarks).
 """
 
 from __future__ import annotations
