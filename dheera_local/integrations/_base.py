@@ -53,7 +53,7 @@ class RerankFields(BaseModel):
     backend: str = Field(default="auto", description="auto (local weights first, then remote), local or remote.")
     cache: bool = Field(default=True, description="Read and write the on-disk score cache.")
     device: str | None = Field(default=None, description="Torch device of the local backend (default: the best).")
-    dtype: str | None = Field(default=None, description="Local precision: auto, float32, bfloat16 or float16.")
+    dtype: str | None = Field(default=None, description="Precision: auto, float32, bfloat16, float16, int8 (CPU).")
     max_length: int | None = Field(default=None, description="Tokens per (query, document) pair.")
     timeout: float | None = Field(default=None, description="Seconds one remote request may take.")
     instruction: str | None = Field(default=None, description="Qwen3-Reranker's task instruction (LLM rerankers).")

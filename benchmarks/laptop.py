@@ -1,0 +1,241 @@
+"""The laptop path on the real reranker: speed against CrossEncoder.predict, and where the time goes.
+
+    python benchmarks/laptop.py [--isa avx2] [--rounds 5] [--systems st,ours-auto,ours-fp32,ours-int8]
+
+cross-encoder/ms-marco-MiniLM-L-12-v2 (built by ../shared/tools/real_reranker.py, cached in --models-dir),
+one NovelEval query x 100 mixed-length passages (the suite's speed workload). Each round runs every system
+once, each in a fresh process (one warm-up call, then ``--repeats`` timed passes, the fastest kept), in
+turn: ratios are taken within a round, so a machine shared with other work moves both sides of each
+ratio alike. Then, once per system, a profile of one pass (torch.profiler, self time per operator)
+grouped into linears, attention, GELU, layer norm, other torch ops, and what is not torch at all
+(tokenizing, padding, Python), plus the padding each batching adds. Writes a markdown report to stdout
+and ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from machine import flops_per_pair, shape_of  # noqa: E402
+from models import real_minilm  # noqa: E402
+from suite import ISA_ENV, requests_of, run_system  # noqa: E402
+from workloads import DEFAULT_DATASET, load_noveleval, single_query  # noqa: E402
+
+SYSTEMS = {
+    "st": ("st", "sentence-transformers CrossEncoder.predict (fp32)", {}),
+    "ours-auto": ("ours", "dheera_local (auto)", {}),
+    "ours-fp32": ("ours", "dheera_local (float32)", {"options": {"dtype": "float32"}}),
+    "ours-int8": ("ours", "dheera_local (int8, opt-in)", {"options": {"dtype": "int8"}}),
+}
+# Operator names (torch.profiler keys) per category; anything else torch runs is "other torch ops".
+CATEGORIES = {
+    "linears": ("addmm", "aten::mm", "aten::bmm", "_linear_pointwise", "linear_dynamic", "aten::linear", "matmul"),
+    "attention": ("scaled_dot_product", "flash_attention", "softmax", "aten::baddbmm"),
+    "GELU": ("gelu",),
+    "layer norm": ("layer_norm",),
+    "embeddings": ("embedding",),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--isa", choices=sorted(ISA_ENV), help="run every system limited to this ISA (laptop)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per process (the fastest is kept)")
+    parser.add_argument("--systems", default="st,ours-auto,ours-int8")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "dheera-bench-models")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "laptop.md")
+    parser.add_argument("--profile-one", help=argparse.SUPPRESS)  # child mode: profile one system
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.profile_one:
+        profile_one(args.profile_one, json.loads(args.spec.read_text()))
+        return
+    args.models_dir.mkdir(parents=True, exist_ok=True)
+    model, why = real_minilm(args.models_dir)
+    if model is None:
+        raise SystemExit(why)
+    workload = single_query(load_noveleval(args.dataset))
+    env = ISA_ENV.get(args.isa or "", {})
+    names = [n for n in args.systems.split(",") if n]
+    spec = {"model": str(model), "requests": requests_of(workload), "repeats": args.repeats}
+    rates: dict[str, list[float]] = defaultdict(list)
+    rows: dict[str, dict] = {}
+    pairs = len(workload.pairs)
+    for round_ in range(args.rounds):
+        for name in names if round_ % 2 == 0 else reversed(names):  # alternate the order: no system always first
+            system, label, extra = SYSTEMS[name]
+            result = run_system(system, {**spec, **extra}, f"round {round_ + 1}: {label}", env=env)
+            if "error" in result:
+                raise SystemExit(f"{label} failed: {result['error']}")
+            rates[name].append(pairs / min(result["latencies"]))
+            rows[name] = result
+    lines = speed_table(names, rates, rows, args) if args.rounds else []
+    if not args.no_profile:
+        lines += profile_table(names, spec, env, model, workload)
+    report = "\n".join(lines) + "\n"
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+
+
+def speed_table(names: list[str], rates: dict[str, list[float]], rows: dict[str, dict], args) -> list[str]:  # noqa: ANN001
+    from machine import device_name
+
+    isa = f"capped to {args.isa.upper()} ({' '.join(f'{k}={v}' for k, v in ISA_ENV[args.isa].items())})"
+    lines = [
+        f"CPU: {device_name('cpu')}, {'' if args.isa else 'uncapped: its own ISA'}{isa if args.isa else ''}; "
+        f"torch threads: all cores; {args.rounds} rounds x each system in its own process, fastest of "
+        f"{args.repeats} passes per process; ratios within each round.",
+        "",
+        "| system | precision | kernels | pairs/s (median of rounds) | x ST per round (median, min–max) "
+        "| peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        ratios = [mine / st for mine, st in zip(rates[name], rates.get("st", rates[name]), strict=True)]
+        row = rows[name]
+        lines.append(
+            f"| {SYSTEMS[name][1]} | {row.get('precision')} | {row.get('kernels') or 'torch eager'} "
+            f"| {statistics.median(rates[name]):.1f} | {statistics.median(ratios):.2f}x "
+            f"({min(ratios):.2f}–{max(ratios):.2f}) | {row.get('peak_rss_mb', 0):.0f} |"
+        )
+    return lines
+
+
+def profile_table(names: list[str], spec: dict, env: dict[str, str], model: Path, workload) -> list[str]:  # noqa: ANN001
+    import os
+    import subprocess
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    request = workload.requests[0]
+    encoded = tokenizer([request.query] * len(request.documents), request.documents, truncation=True, max_length=512)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    layers, hidden, intermediate = shape_of(json.loads((model / "config.json").read_text()))
+    linear_gflop = sum(flops_per_pair(n, layers, hidden, intermediate) for n in lengths) / 1e9
+    lines = [
+        "",
+        f"Where one pass goes ({sum(lengths):,} tokens; linear layers {linear_gflop:.0f} GFLOP at the real lengths)."
+        " Self time per operator from torch.profiler, one profiled pass after a warm-up, each system in its own"
+        " process; 'not torch' is the call's wall time minus every torch operator's: tokenizing, padding, Python.",
+        "",
+        "| system | wall s | pairs/s | x ST | linears s | attention s | GELU s | layer norm s | embeddings s "
+        "| other torch s | not torch s | padded tokens | linear GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    st_wall = None
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in names:
+            system, label, extra = SYSTEMS[name]
+            path = Path(scratch) / "spec.json"
+            path.write_text(json.dumps({**spec, **extra, "system": system}))
+            done = subprocess.run(
+                [sys.executable, __file__, "--profile-one", name, "--spec", str(path)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **env},
+            )
+            if done.returncode != 0:
+                lines.append(f"| {label} | failed: {done.stderr.strip().splitlines()[-1:]} |")
+                continue
+            p = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  profiled {label}: {p}", file=sys.stderr, flush=True)
+            cats = p["categories"]
+            st_wall = p["wall"] if name == "st" else st_wall
+            versus = f"{st_wall / p['wall']:.2f}x" if st_wall else "—"
+            lines.append(
+                f"| {label} | {p['wall']:.2f} | {len(lengths) / p['wall']:.1f} | {versus} "
+                f"| {cats.get('linears', 0):.2f} | {cats.get('attention', 0):.2f} "
+                f"| {cats.get('GELU', 0):.2f} | {cats.get('layer norm', 0):.2f} | {cats.get('embeddings', 0):.2f} "
+                f"| {cats.get('other torch ops', 0):.2f} | {p['not_torch']:.2f} | {p['padded_tokens']:,} "
+                f"| {linear_gflop / max(cats.get('linears', 0), 1e-9):.0f} |"
+            )
+    return lines
+
+
+def profile_one(name: str, spec: dict) -> None:
+    """Child process: profile one pass of ``name`` and print its breakdown as one JSON line."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    request = spec["requests"][0]
+    pairs = [(request["query"], d) for d in request["documents"]]
+    if spec["system"] == "st":
+        from sentence_transformers import CrossEncoder
+
+        encoder = CrossEncoder(spec["model"], device="cpu", local_files_only=True)
+
+        def call() -> None:
+            encoder.predict(pairs, activation_fn=torch.nn.Identity())
+
+        padded = st_padded_tokens(encoder.tokenizer, pairs)
+    else:
+        import dheera_local
+
+        options = {"cache": False, "raw_scores": True, "device": "cpu", **spec.get("options", {})}
+
+        def call() -> None:
+            dheera_local.rerank(spec["model"], request["query"], request["documents"], **options)
+
+        padded = ours_padded_tokens(spec["model"], pairs)
+    call()  # load and warm up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        call()
+        wall = time.perf_counter() - started
+    categories: dict[str, float] = defaultdict(float)
+    total = 0.0
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        total += seconds
+        category = next((c for c, keys in CATEGORIES.items() if any(k in event.key for k in keys)), None)
+        categories[category or "other torch ops"] += seconds
+    print(json.dumps({"wall": wall, "categories": categories, "not_torch": max(0.0, wall - total),
+                      "padded_tokens": padded}))  # fmt: skip
+
+
+def pair_lengths(tokenizer, pairs: list[tuple[str, str]]) -> list[int]:  # noqa: ANN001
+    encoded = tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation=True, max_length=512)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def st_padded_tokens(tokenizer, pairs: list[tuple[str, str]], batch_size: int = 32) -> int:  # noqa: ANN001
+    """CrossEncoder.predict pads each batch of 32 (in input order) to its longest pair."""
+    lengths = pair_lengths(tokenizer, pairs)
+    batches = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
+    return sum(max(batch) * len(batch) for batch in batches)
+
+
+def ours_padded_tokens(model: str, pairs: list[tuple[str, str]]) -> int:
+    """dheera_local sorts pairs by length and groups them under a 2,048 padded-token budget (CPU)."""
+    from transformers import AutoTokenizer
+
+    from dheera_local._token_budget import plan_batches
+    from dheera_local.backends.local import default_batch_tokens
+
+    lengths = pair_lengths(AutoTokenizer.from_pretrained(model), pairs)
+    batches = plan_batches(lengths, default_batch_tokens("cpu"))
+    return sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+
+
+if __name__ == "__main__":
+    main()
