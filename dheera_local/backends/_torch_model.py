@@ -28,9 +28,9 @@ from .._cpu_kernels import EAGER, PACKED, checked_pack, pack_linears_unchecked, 
 from .._discovery import LocalWeights, configured_max_length
 from .._errors import LocalBackendError
 from .._hardware import dtype_name
+from .._int8 import quantize_encoder
 from .._kernel_verdicts import VerdictStore, probe_key
 from .._text_bound import prefix_for_tokens
-from .._int8 import quantize_encoder
 from .._token_budget import plan_batches
 
 logger = logging.getLogger("dheera_local")
