@@ -30,7 +30,7 @@ from statistics import median
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DATASET = Path("/work/shared/data/noveleval")
+DATASET = HERE.parent.parent / "shared" / "data" / "noveleval"  # ../shared beside the repo
 TWIN = "Qwen3-Reranker-0.6B"
 
 

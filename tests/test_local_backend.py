@@ -210,12 +210,12 @@ def test_a_model_still_loading_when_the_store_is_cleared_is_not_kept(monkeypatch
     gates = [threading.Event(), threading.Event()]  # the first load's, then every later load's
     real_load, loads, loaded = local._load, [], {}
 
-    def slow_load(weights, key):  # noqa: ANN001, ANN202 - the real load, held at its gate
+    def slow_load(weights, key, *rest):  # noqa: ANN001, ANN002, ANN202 - the real load, held at its gate
         gate = gates[min(len(loads), 1)]
         loads.append(key)
         started.set()
         gate.wait(30)
-        return real_load(weights, key)
+        return real_load(weights, key, *rest)
 
     def caller(name: str) -> threading.Thread:
         thread = threading.Thread(target=lambda: loaded.__setitem__(name, store.load(weights, key)))
