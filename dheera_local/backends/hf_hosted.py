@@ -84,9 +84,9 @@ class HFHostedBackend(RemoteBackend):
         scores = {}
         for label in labels:
             score = as_float(label.get("score")) if isinstance(label, dict) else None
-            if score is None:
+            name = label.get("label", "") if isinstance(label, dict) else None
+            if score is None or not isinstance(name, str):  # a label is a name (str() of a huge int raises)
                 raise self.unexpected(self.url, f"bad label entry {quote(label, 80)}")
-            name = str(label.get("label", ""))
             if name in scores:  # which of the two is the score? refuse rather than guess
                 raise self.unexpected(self.url, f"label {quote(name, 40)!r} appears twice for one pair")
             scores[name] = score
