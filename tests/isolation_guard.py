@@ -3,8 +3,8 @@
 Loaded by ``conftest.py`` as a plugin (``-p isolation_guard`` loads it elsewhere). Tests get their own
 caches from the autouse ``isolated_env`` fixture; this plugin checks that nothing escaped it:
 
-- ``os.environ`` after each test equals what it was before the test's setup (the test is named, and the
-  environment is put back so later tests are not blamed);
+- ``os.environ`` after each test module equals what it was before the module's first test (the module is
+  named, and the environment is put back so later modules are not blamed);
 - the folders a test could write into by mistake (the score cache and the HF hub cache this environment
   points at, and their defaults under ``~/.cache``), listed recursively when the run starts and ends.
 
@@ -87,16 +87,25 @@ class IsolationGuard:
         self.folders = guarded_folders(os.environ)
         self.listings = {folder: list_folder(folder) for folder in self.folders}
         self.problems: list[str] = []
+        self.module_before: dict[str, str] | None = None
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
-        before = dict(os.environ)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
+        # Checked per module: a module-scoped fixture (a live server) may set variables for its module's tests;
+        # it is set up inside the module's first test and torn down after its last one.
+        if self.module_before is None:
+            self.module_before = dict(os.environ)
         result = yield
-        changes = environ_changes(before, os.environ)
-        if changes:
-            self.problems.append(f"{item.nodeid} left os.environ changed: {', '.join(changes)}")
-            os.environ.clear()
-            os.environ.update(before)
+        if nextitem is None or nextitem.path != item.path:
+            before, self.module_before = self.module_before, None
+            changes = environ_changes(before, os.environ)
+            if changes:
+                changed = ", ".join(changes)
+                self.problems.append(f"{item.path.name} (its tests or fixtures) left os.environ changed: {changed}")
+                os.environ.clear()
+                os.environ.update(before)
         return result
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -51,6 +51,8 @@ def server(
     }
     with pytest.MonkeyPatch.context() as env:  # the server reads its settings when it is made
         env.setenv("HF_HUB_CACHE", str(hub_cache))
+        # Module fixtures are made before each test's isolated_env: the cache folder (kernel verdicts) too.
+        env.setenv("DHEERA_CACHE_DIR", str(tmp_path_factory.mktemp("module-cache")))
         env.setenv("HF_TOKEN", TOKEN)
         env.setenv("DHEERA_HF_INFERENCE_URL", hosted.url)
         live = LiveServer(data).start()

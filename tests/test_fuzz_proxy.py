@@ -37,6 +37,8 @@ def live(hub_cache: Path, tiny_bert: Path, tmp_path_factory: pytest.TempPathFact
     with Servers() as upstream, pytest.MonkeyPatch.context() as env:
         tei = upstream.tei(tiny_bert)
         env.setenv("HF_HUB_CACHE", str(hub_cache))
+        # Module fixtures are made before each test's isolated_env: the cache folder (kernel verdicts) too.
+        env.setenv("DHEERA_CACHE_DIR", str(tmp_path_factory.mktemp("module-cache")))
         env.setenv("HF_TOKEN_PATH", str(tmp_path_factory.mktemp("no-token") / "token"))
         env.delenv("HF_TOKEN", raising=False)
         short = {"max_length": 32}  # the fuzzer's long texts cost little

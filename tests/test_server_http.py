@@ -67,6 +67,8 @@ def server(
     }  # fmt: skip
     with pytest.MonkeyPatch.context() as env:  # the module's server outlives each test's isolated_env
         env.setenv("HF_HUB_CACHE", str(hub_cache))
+        # Module fixtures are made before each test's isolated_env: the cache folder (kernel verdicts) too.
+        env.setenv("DHEERA_CACHE_DIR", str(tmp_path_factory.mktemp("module-cache")))
         env.setenv("HF_TOKEN_PATH", str(tmp_path_factory.mktemp("no-token") / "token"))
         env.delenv("HF_TOKEN", raising=False)
         live = LiveServer(data).start()

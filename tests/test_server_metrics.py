@@ -47,6 +47,8 @@ def server(
 ) -> Iterator[LiveServer]:
     with Servers() as upstream, pytest.MonkeyPatch.context() as env:
         env.setenv("HF_HUB_CACHE", str(hub_cache))
+        # Module fixtures are made before each test's isolated_env: the cache folder (kernel verdicts) too.
+        env.setenv("DHEERA_CACHE_DIR", str(tmp_path_factory.mktemp("module-cache")))
         tei = upstream.tei(tiny_bert)
         falls_back = {"model": "huggingface/tiny-org/broken-local", "api_base": tei.url, "cache": False}
         data = {
