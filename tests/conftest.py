@@ -7,7 +7,10 @@ laid out as huggingface_hub cache entries, and remote endpoints are loopback ser
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +38,22 @@ TINY_BERT_ID = "tiny-org/tiny-bert-reranker"
 TINY_XLMR_ID = "tiny-org/tiny-xlmr-reranker"
 BERT_REVISION = "1" * 40
 XLMR_REVISION = "2" * 40
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A score-cache folder for the whole run, under the temp folder: module- and session-scoped fixtures
+    (live servers) are made before each test's ``isolated_env``, and their caches and the kernel check's
+    verdicts must not land in the user's ``~/.cache/dheera_local``. Set after the isolation guard's
+    snapshot, which still fails the run if anything writes into the user's folders."""
+    session.config.stash[RUN_CACHE] = os.environ["DHEERA_CACHE_DIR"] = tempfile.mkdtemp(prefix="dheera-tests-cache-")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if RUN_CACHE in session.config.stash:
+        shutil.rmtree(session.config.stash[RUN_CACHE], ignore_errors=True)
+
+
+RUN_CACHE = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
