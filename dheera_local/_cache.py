@@ -413,8 +413,11 @@ class ScoreCache:
 
 
 def _make_private_dir(directory: Path) -> None:
-    if not directory.exists():
+    try:
         directory.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        pass  # made earlier, or by another process starting at the same moment (checking first races)
+    else:
         os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
         return
     mode = directory.stat().st_mode

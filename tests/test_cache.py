@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import diskcache
@@ -15,7 +16,7 @@ import pytest
 import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import Reranker
-from dheera_local._cache import SHARED_CACHES, ModelIdentity, ScoreCache, cache_key
+from dheera_local._cache import SHARED_CACHES, CacheStore, ModelIdentity, ScoreCache, cache_key
 from dheera_local._discovery import find_in_hub_cache
 
 QUERY = "capital city"
@@ -130,6 +131,7 @@ def test_size_limit_evicts(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys
+import threading
 import dheera_local
 for i in range(int(sys.argv[2])):
     dheera_local.rerank(sys.argv[1], f"query {sys.argv[3]} {i}", ["washington", "paris", "tokyo"])
@@ -140,10 +142,35 @@ print("ok")
 def test_several_processes_share_one_cache_folder(isolated_env: Path) -> None:
     env = dict(os.environ)
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, TINY_BERT_ID, "5", str(n)], env=env, stdout=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, TINY_BERT_ID, "5", str(n)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for n in range(3)
     ]
-    outputs = [p.communicate(timeout=240)[0].decode().strip() for p in procs]
-    assert outputs == ["ok"] * 3
+    finished = [p.communicate(timeout=240) for p in procs]
+    assert [out.decode().strip() for out, _ in finished] == ["ok"] * 3
+    assert not [err for _, err in finished if b"cannot be opened" in err]
     cache = SHARED_CACHES.open(isolated_env / "score-cache")
     assert cache.stats()["entries"] == 3 * 5 * 3
+
+
+def test_processes_creating_the_folder_at_the_same_moment_all_open_it(tmp_path: Path) -> None:
+    # Found by CI: three processes started together; one saw the folder missing, then mkdir said it existed.
+    for attempt in range(5):
+        folder = tmp_path / f"race-{attempt}" / "score-cache"
+        start = threading.Barrier(8)
+        opened: list[object] = []
+
+        def open_it() -> None:
+            start.wait()
+            opened.append(CacheStore().open(folder))
+
+        threads = [threading.Thread(target=open_it) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert None not in opened and len(opened) == 8
