@@ -57,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "dheera-bench-models")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "laptop.md")
     parser.add_argument("--profile-one", help=argparse.SUPPRESS)  # child mode: profile one system
+    parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)  # child mode: linear peaks
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -65,6 +66,9 @@ def main() -> None:
     args = parse_args()
     if args.profile_one:
         profile_one(args.profile_one, json.loads(args.spec.read_text()))
+        return
+    if args.peak:
+        print(json.dumps(linear_peaks(json.loads(args.spec.read_text()))))
         return
     args.models_dir.mkdir(parents=True, exist_ok=True)
     model, why = real_minilm(args.models_dir)
@@ -137,11 +141,25 @@ def profile_table(names: list[str], spec: dict, env: dict[str, str], model: Path
         " process; 'not torch' is the call's wall time minus every torch operator's: tokenizing, padding, Python.",
         "",
         "| system | wall s | pairs/s | x ST | linears s | attention s | GELU s | layer norm s | embeddings s "
-        "| other torch s | not torch s | padded tokens | linear GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| other torch s | not torch s | padded tokens | linear GFLOP/s | % of peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     st_wall = None
     with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "shape.json"
+        path.write_text(json.dumps({"hidden": hidden, "intermediate": intermediate}))
+        peaks = json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--peak", "--spec", str(path)], capture_output=True, text=True, check=True,
+                env={**os.environ, **env},
+            ).stdout.strip().splitlines()[-1]
+        )  # fmt: skip
+        lines[1] += (
+            f" Linear peak measured in the same environment (best of torch's and oneDNN's packed fp32 linear, and"
+            f" fbgemm's dynamic int8 linear, at this model's three linear shapes, 2,048 tokens): fp32"
+            f" {peaks['float32']:.0f} GFLOP/s, int8 {peaks['int8']:.0f} GFLOP/s; '% of peak' is the row's linear"
+            f" GFLOP/s (at the real lengths, so padding counts against it) over its precision's peak."
+        )
         for name in names:
             system, label, extra = SYSTEMS[name]
             path = Path(scratch) / "spec.json"
@@ -165,9 +183,66 @@ def profile_table(names: list[str], spec: dict, env: dict[str, str], model: Path
                 f"| {cats.get('linears', 0):.2f} | {cats.get('attention', 0):.2f} "
                 f"| {cats.get('GELU', 0):.2f} | {cats.get('layer norm', 0):.2f} | {cats.get('embeddings', 0):.2f} "
                 f"| {cats.get('other torch ops', 0):.2f} | {p['not_torch']:.2f} | {p['padded_tokens']:,} "
-                f"| {linear_gflop / max(cats.get('linears', 0), 1e-9):.0f} |"
+                f"| {linear_gflop / max(cats.get('linears', 0), 1e-9):.0f} "
+                f"| {100 * linear_gflop / max(cats.get('linears', 0), 1e-9) / peaks[precision_of(name)]:.0f}% |"
             )
     return lines
+
+
+def precision_of(name: str) -> str:
+    return "int8" if name.endswith("int8") else "float32"
+
+
+def linear_peaks(shape: dict[str, int], tokens: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Child process: GFLOP/s of the best fp32 linear (torch's, oneDNN's packed) and of fbgemm's dynamic
+    int8 linear (what ``dtype="int8"`` runs), over the model's three linear shapes, weighted by their FLOPs."""
+    import time
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    hidden, intermediate = shape["hidden"], shape["intermediate"]
+    # (inputs, outputs, how many per layer): Q, K, V and the attention output; the feed-forward's two.
+    shapes = [(hidden, hidden, 4), (hidden, intermediate, 1), (intermediate, hidden, 1)]
+
+    def rate(make) -> float:  # noqa: ANN001
+        flops, seconds = 0.0, 0.0
+        for inputs, outputs, count in shapes:
+            call = make(inputs, outputs)
+            call()
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    call()
+                best = min(best, (time.perf_counter() - start) / repeats)
+            flops += 2 * tokens * inputs * outputs * count
+            seconds += best * count
+        return flops / seconds / 1e9
+
+    def plain(inputs: int, outputs: int):  # noqa: ANN202
+        x, linear = torch.randn(tokens, inputs), torch.nn.Linear(inputs, outputs)
+        return lambda: linear(x)
+
+    def packed(inputs: int, outputs: int):  # noqa: ANN202
+        x, linear = torch.randn(tokens, inputs), torch.nn.Linear(inputs, outputs)
+        weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        bias = linear.bias.detach()
+        return lambda: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    def int8(inputs: int, outputs: int):  # noqa: ANN202
+        x = torch.randn(tokens, inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            linear = quantize_dynamic(
+                torch.nn.Sequential(torch.nn.Linear(inputs, outputs)), {torch.nn.Linear: per_channel_dynamic_qconfig}
+            )
+        return lambda: linear(x)
+
+    with torch.no_grad():
+        fp32 = max(rate(plain), rate(packed) if torch.backends.mkldnn.is_available() else 0.0)
+        return {"float32": fp32, "int8": rate(int8)}
 
 
 def profile_one(name: str, spec: dict) -> None:

@@ -42,6 +42,7 @@ from workloads import DEFAULT_DATASET, Request, Workload, batch_of_queries, load
 from dheera_local._hardware import cpu_features  # noqa: E402
 
 SECTIONS = "speed,fidelity,server,cache,remote,batch,real,gpu"
+SPEED_MODELS = ("real", "bge-twin", "trained-body")  # --models: the speed and fidelity sections' models
 # A laptop stand-in: oneDNN, ATen's vectorised kernels, MKL and fbgemm (torch's dynamic int8, which
 # infinity's int8 uses) each limited to AVX2.
 ISA_ENV = {
@@ -72,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-infinity", action="store_true", help="skip the infinity-emb peer")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the server rows")
     parser.add_argument("--isa", choices=sorted(ISA_ENV), help="run every system limited to this ISA (laptop)")
+    parser.add_argument(
+        "--models", default=",".join(SPEED_MODELS),
+        help=f"which models the speed and fidelity sections run, comma-separated: {','.join(SPEED_MODELS)}",
+    )  # fmt: skip
     parser.add_argument("--gpu-device", default="cuda", help="the gpu section's device (cpu: test its code)")
     parser.add_argument("--gpu-twin", default="bge-reranker-base", help="the gpu section's model (a twin's name)")
     parser.add_argument("--only", default=SECTIONS, help=f"comma-separated sections: {SECTIONS}")
@@ -572,19 +577,21 @@ def _stand_in_note(rows: list[dict[str, Any]], isa: str) -> str | None:
 
 def run_sections(suite: Suite, sections: set[str]) -> None:
     args = suite.args
+    models = set(args.models.split(","))
     base = twin("bge-reranker-base", args.models_dir, suite.corpus)
     minilm = twin("ms-marco-MiniLM-L-6-v2", args.models_dir, suite.corpus)
-    real = suite.real_model() if {"speed", "fidelity"} & sections else None
+    real = suite.real_model() if {"speed", "fidelity"} & sections and "real" in models else None
     if real is not None and "speed" in sections:
         suite.speed(real, REAL)
     if real is not None and "fidelity" in sections:
         suite.fidelity_rows(real, REAL)
     if "speed" in sections:
         # The trained body has the MiniLM-L6 shape, so a MiniLM twin would time the same network twice.
-        suite.speed(base, BGE_TWIN)
-        if body := suite.trained_model():
+        if "bge-twin" in models:
+            suite.speed(base, BGE_TWIN)
+        if "trained-body" in models and (body := suite.trained_model()):
             suite.speed(body, TRAINED)
-    if "fidelity" in sections and (body := suite.trained_model()):
+    if "fidelity" in sections and "trained-body" in models and (body := suite.trained_model()):
         suite.fidelity_rows(body, TRAINED)
         random_head = suite.trained_model(random_head=True)
         if random_head:
@@ -613,6 +620,8 @@ def main() -> None:
     unknown = sections - set(SECTIONS.split(","))
     if unknown:
         raise SystemExit(f"--only {args.only}: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+    if unknown := set(args.models.split(",")) - set(SPEED_MODELS):
+        raise SystemExit(f"--models {args.models}: unknown {sorted(unknown)}; choose from {','.join(SPEED_MODELS)}")
     suite = Suite(args)
     print(f"machine: {suite.cpu_name}, {suite.peaks}" + (f", --isa {args.isa}" if args.isa else ""), file=sys.stderr)
     run_sections(suite, sections)
