@@ -201,6 +201,7 @@ def test_a_user_script_passes_mypy_strict(tmp_path: Path) -> None:
     config = tmp_path / "mypy.ini"
     config.write_text(MYPY_CONFIG)
     root = Path(dheera_local.__file__).parent.parent
+    assert (root / "dheera_local" / "py.typed").is_file()  # PEP 561: without it an installed copy reads as untyped
     env = {**os.environ, "MYPYPATH": str(root)}
     args = ["--strict", "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), "--no-error-summary"]
     result = mypy(*args, str(USER_SCRIPT), env=env, cwd=tmp_path)
