@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from dheera_local import Reranker, testing
+from dheera_local.testing.models import TWINS, WORDS
 
 KEY = "sk-benchmark"
 
@@ -38,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a cross-encoder folder")
-    source.add_argument("--twin", choices=sorted(testing.TWINS), help="build a random-weight twin of this model")
+    source.add_argument("--twin", choices=sorted(TWINS), help="build a random-weight twin of this model")
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
     parser.add_argument("--requests", type=int, default=128, help="requests in total")
     parser.add_argument("--docs", type=int, default=16, help="documents per request")
@@ -52,7 +53,7 @@ def parse_args() -> argparse.Namespace:
 
 def workload(count: int, docs: int, words: int) -> list[tuple[str, list[str]]]:
     rng = random.Random(0)
-    vocabulary = list(testing.WORDS)
+    vocabulary = list(WORDS)
     return [
         (
             " ".join(rng.choice(vocabulary) for _ in range(6)),

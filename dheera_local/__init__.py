@@ -9,22 +9,34 @@ import typing as _typing
 
 # Names are imported when first used (PEP 562): ``import dheera_local`` and ``dheera-local --help``
 # stay fast, and torch loads only when a local model is planned.
+# Every type a public signature names is here too (tests/test_public_surface.py walks them), so a user can
+# annotate what they pass to and get from the engine.
 _EXPORTS = {
     "AllBackendsFailedError": "._errors",
+    "ApiVersion": "._response",
+    "Backend": ".backends.base",
     "BackendError": "._errors",
+    "Backends": ".backends.factory",
+    "BilledUnits": "._response",
+    "CacheStore": "._cache",
     "ConfigError": "._errors",
     "DheeraError": "._errors",
     "InvalidRequestError": "._errors",
+    "LocalBackend": ".backends.local",
     "LocalBackendError": "._errors",
     "ModelNotAvailableError": "._errors",
     "OverloadedError": "._errors",
     "PairScores": "._orchestrator",
+    "Plan": "._selector",
     "RedisCacheStore": "._cache_redis",
     "RemoteBackendError": "._errors",
+    "RerankMeta": "._response",
+    "RerankRequest": "._request",
     "RerankResponse": "._response",
     "RerankResult": "._response",
     "Reranker": "._orchestrator",
     "RetryPolicy": ".backends._http",
+    "ServedBy": "._response",
     "Settings": "._settings",
     "ShuttingDownError": "._errors",
     "UnsupportedModelError": "._errors",
@@ -35,6 +47,7 @@ _EXPORTS = {
 
 if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from ._api import arerank, rerank
+    from ._cache import CacheStore
     from ._cache_redis import RedisCacheStore
     from ._errors import (
         AllBackendsFailedError,
@@ -50,10 +63,15 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         UnsupportedModelError,
     )
     from ._orchestrator import PairScores, Reranker
-    from ._response import RerankResponse, RerankResult
+    from ._request import RerankRequest
+    from ._response import ApiVersion, BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy
     from ._runtime import close_all
+    from ._selector import Plan
     from ._settings import Settings
     from .backends._http import RetryPolicy
+    from .backends.base import Backend
+    from .backends.factory import Backends
+    from .backends.local import LocalBackend
 
 
 def __getattr__(name: str) -> object:
@@ -66,27 +84,38 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    # The public names only: not the loader's helpers, nor the private modules importing them leaves here.
+    return sorted(__all__)
 
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AllBackendsFailedError",
+    "ApiVersion",
+    "Backend",
     "BackendError",
+    "Backends",
+    "BilledUnits",
+    "CacheStore",
     "ConfigError",
     "DheeraError",
     "InvalidRequestError",
+    "LocalBackend",
     "LocalBackendError",
     "ModelNotAvailableError",
     "OverloadedError",
+    "PairScores",
+    "Plan",
     "RedisCacheStore",
     "RemoteBackendError",
-    "PairScores",
+    "RerankMeta",
+    "RerankRequest",
     "RerankResponse",
     "RerankResult",
     "Reranker",
     "RetryPolicy",
+    "ServedBy",
     "Settings",
     "ShuttingDownError",
     "UnsupportedModelError",

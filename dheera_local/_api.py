@@ -6,6 +6,7 @@ Their signatures spell out every option for users and IDEs; the options are defi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ._runtime import default_reranker
 def rerank(
     model: str,
     query: str,
-    documents: list[str | dict[str, Any]],
+    documents: Sequence[str | dict[str, Any]],
     top_n: int | None = None,
     return_documents: bool = False,
     *,
@@ -89,7 +90,7 @@ def rerank(
 async def arerank(
     model: str,
     query: str,
-    documents: list[str | dict[str, Any]],
+    documents: Sequence[str | dict[str, Any]],
     top_n: int | None = None,
     return_documents: bool = False,
     *,

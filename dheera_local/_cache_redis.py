@@ -36,15 +36,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ._cache import DEFAULT_SIZE_LIMIT, SHARED_CACHES, CacheStore, PairCache
 from ._errors import ConfigError
 from ._secrets import register
-
-if TYPE_CHECKING:
-    from ._settings import Settings
+from ._settings import Settings  # at run time too: typing.get_type_hints resolves from_settings' signature
 
 logger = logging.getLogger("dheera_local")
 

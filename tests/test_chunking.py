@@ -11,7 +11,7 @@ import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import InvalidRequestError
 from dheera_local._chunking import ChunkSettings, TokenCounter, counter_for, document_windows, token_windows
-from dheera_local.testing import WORDS
+from dheera_local.testing.models import WORDS
 
 FILLER = [w for w in WORDS if w != "paris"]
 

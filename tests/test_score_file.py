@@ -24,7 +24,7 @@ import dheera_local
 from dheera_local import Reranker
 from dheera_local._orchestrator import sigmoid
 from dheera_local.cli import main
-from dheera_local.testing import WORDS
+from dheera_local.testing.models import WORDS
 
 N_PAIRS = 10_000
 FLOAT32 = ["--dtype", "float32", "--device", "cpu"]

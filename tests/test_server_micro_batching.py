@@ -17,14 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from dheera_local import LocalBackendError, OverloadedError, Reranker, testing
+from dheera_local import LocalBackendError, OverloadedError, Reranker
 from dheera_local._discovery import find_local_weights
 from dheera_local._model_ref import parse_model
 from dheera_local.backends.local import LocalBackend
 from dheera_local.server.micro_batching import BatcherPool, BatcherStats, MicroBatcher
+from dheera_local.testing.models import WORDS
 from server_harness import MASTER_KEY, LiveServer
 
-VOCABULARY = [word for word in testing.WORDS if word != "paris"]
+VOCABULARY = [word for word in WORDS if word != "paris"]
 QUEUE = 1000
 
 

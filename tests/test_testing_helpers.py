@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 import dheera_local
 from dheera_local import testing
+from dheera_local.testing.models import WORDS
 
 
 @pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
@@ -17,11 +18,11 @@ def test_one_seed_gives_one_model(tmp_path: Path, arch: str) -> None:
     first = testing.build_cross_encoder(tmp_path / "first", arch=arch, seed=5)
     second = testing.build_cross_encoder(tmp_path / "second", arch=arch, seed=5)
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
-    text = " ".join(testing.WORDS)
+    text = " ".join(WORDS)
     ids = [AutoTokenizer.from_pretrained(folder)(text, "paris museum")["input_ids"] for folder in (first, second)]
     assert ids[0] == ids[1]
     if arch == "bert":
-        assert len(ids[0]) == len(testing.WORDS) + 5  # every listed word is one token (+ 2 words, 3 specials)
+        assert len(ids[0]) == len(WORDS) + 5  # every listed word is one token (+ 2 words, 3 specials)
 
 
 def test_a_keyword_model_that_cannot_learn_raises_with_its_margin(tmp_path: Path) -> None:

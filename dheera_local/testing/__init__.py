@@ -15,23 +15,20 @@ torch and sentence-transformers load only when a model is built or a server scor
 
 from .fake import FakeBackend, FakeBackends, fake_reranker, word_overlap
 from .models import (
-    TWINS,
-    WORDS,
     build_cross_encoder,
     build_twin,
     install_in_hub_cache,
     train_keyword_reranker,
     train_tokenizer,
 )
-from .servers import Fault, LoopbackServer, Servers, reference_logits
+from .servers import Fault, LoopbackServer, Recorded, Servers, reference_logits
 
 __all__ = [
-    "TWINS",
-    "WORDS",
     "Fault",
     "FakeBackend",
     "FakeBackends",
     "LoopbackServer",
+    "Recorded",
     "Servers",
     "build_cross_encoder",
     "build_twin",
