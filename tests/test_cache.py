@@ -164,7 +164,7 @@ def test_processes_creating_the_folder_at_the_same_moment_all_open_it(tmp_path: 
         start = threading.Barrier(8)
         opened: list[object] = []
 
-        def open_it() -> None:
+        def open_it(folder: Path = folder, start: threading.Barrier = start, opened: list[object] = opened) -> None:
             start.wait()
             opened.append(CacheStore().open(folder))
 
