@@ -180,6 +180,16 @@ def test_the_server_takes_options_from_the_environment_below_config_yaml(
             server.stop()
 
 
+def test_a_variable_the_plan_refuses_is_named(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dheera_local.server import create_app, parse_config
+
+    monkeypatch.setenv("DHEERA_INSTRUCTION", "find the capital")  # valid alone; a cross-encoder takes none
+    with pytest.raises(ConfigError) as caught:
+        create_app(parse_config(_one_model(tiny_bert), source="c.yaml"))
+    prefix = "c.yaml: model_list[0].dheera_ai_params.instruction (from DHEERA_INSTRUCTION): instruction is for LLM"
+    assert str(caught.value).startswith(prefix)
+
+
 def test_a_bad_variable_stops_the_server_with_one_line(tiny_bert: Path, tmp_path: Path) -> None:
     from dheera_local.server import create_app, parse_config
     from dheera_local.server.run import serve

@@ -15,6 +15,7 @@ from .._errors import ConfigError, InvalidRequestError, ModelNotAvailableError
 from .._hardware import dtype_name
 from .._model_ref import COHERE_PREFIX
 from .._orchestrator import Reranker
+from .._settings import option_variable
 from ..backends.local import LocalBackend
 from .config import ModelEntry, ServerConfig
 from .errors import UnknownModelError
@@ -125,6 +126,8 @@ def _plan(
         plan = reranker.plan(model, **options)
     except InvalidRequestError as exc:
         path = config.key_path(index, exc.field or "model")
+        if exc.field in env and getattr(entry.dheera_ai_params, exc.field, None) is None:
+            path = f"{path} (from {option_variable(exc.field)})"  # the value came from the environment
         raise ConfigError(f"{config.source}: {path}: {exc}", path=path) from None
     except ModelNotAvailableError as exc:
         path = config.key_path(index, "model")
