@@ -159,7 +159,7 @@ def clean_key(value: str, name: str) -> str:
 
 
 # The attributes every LogRecord has; any other was passed as ``extra=`` (a JSON formatter writes it as a key).
-_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 class MaskingFilter(logging.Filter):
@@ -172,7 +172,7 @@ class MaskingFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         for name, value in list(vars(record).items()):
-            if isinstance(value, str) and name not in _RECORD_ATTRIBUTES:
+            if isinstance(value, str) and name not in RECORD_ATTRIBUTES:
                 setattr(record, name, escape_controls(mask(value)))
         return True
 

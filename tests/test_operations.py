@@ -317,6 +317,16 @@ def test_client_chosen_text_in_the_fields_is_masked(json_log: io.StringIO, tiny_
     assert MASTER_KEY not in json_log.getvalue() and _requests(json_log)
 
 
+def test_a_route_field_named_like_a_record_attribute_is_prefixed(json_log: io.StringIO) -> None:
+    from dheera_local.server.middleware import _log
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "state": {"log": {"name": "n", "key": "team-a"}}}
+    _log(scope, "rid-1", 200, 0.0123)  # logging raises KeyError for an extra= "name": it must not reach it
+    line = _requests(json_log)[-1]
+    assert (line["field_name"], line["key_name"], line["name"]) == ("n", "team-a", "dheera_local.server")
+    assert (line["request_id"], line["latency_ms"], line["route"]) == ("rid-1", 12.3, None)
+
+
 # --- the shared tier: two-level expiry, readiness ----------------------------------------------------------------
 
 

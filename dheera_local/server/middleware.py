@@ -5,7 +5,7 @@ it is a plain token, else a new one), answers any exception that escaped the rou
 JSON 500 instead of a traceback, and logs one line: id, method, path, status, time, and what the
 route recorded (model, backend, cache hits, documents). Never a body, a header or a query string;
 control characters in what the client chose (the path, the model name) are escaped, so one request is one line.
-The same fields travel as the record's attributes (:data:`REQUEST_FIELDS`), so ``--log-format json``
+The same fields travel as the record's attributes (``extra=``), so ``--log-format json``
 writes them as keys of the line's object (``request_id``, ``status``, ``latency_ms``, ``key_name``: the
 key's name, never the key), not only inside its message.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._secrets import escape_controls, mask
+from .._secrets import RECORD_ATTRIBUTES, escape_controls, mask
 from .errors import ApiError, NotReadyError, api_error
 
 logger = logging.getLogger("dheera_local.server")
@@ -33,9 +33,7 @@ logger = logging.getLogger("dheera_local.server")
 REQUEST_ID_HEADER = "x-request-id"
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LOG_FIELDS = ("model", "backend", "cache_hits", "documents")
-# The attributes of a request's record (JSON keys with --log-format json); the route's fields follow them.
-REQUEST_FIELDS = ("request_id", "method", "path", "route", "status", "latency_ms")
-# A route's field whose attribute name differs (LogRecord's own names must not be overwritten).
+# A route's field whose attribute name differs from its own: "key_name" says it is never the key itself.
 _RENAMED = {"key": "key_name"}
 
 
@@ -124,8 +122,12 @@ def _record_fields(
         "latency_ms": round(seconds * 1000, 3),
     }
     for name, value in fields.items():
-        if value is not None:
-            record[_RENAMED.get(name, name)] = _loggable(value) if isinstance(value, str) else value
+        if value is None:
+            continue
+        name = _RENAMED.get(name, name)
+        if name in RECORD_ATTRIBUTES:  # logging refuses an extra= field named "name", "message", ...
+            name = f"field_{name}"
+        record[name] = _loggable(value) if isinstance(value, str) else value
     if isinstance(fields.get("cache_hits"), int) and isinstance(fields.get("scored"), int):
         record["pairs"] = fields["cache_hits"] + fields["scored"]  # unique pairs, after deduplication
     return record
