@@ -151,8 +151,21 @@ def option_variable(name: str) -> str:
 def _engine_env(env: Mapping[str, str]) -> dict[str, str]:
     from ._options import OPTION_NAMES  # the options' list, not a copy: a new option gets its variable for free
 
-    variables = (option_variable(name) for name in OPTION_NAMES)
-    return {variable: env[variable] for variable in variables if env.get(variable, "").strip()}
+    found = {option_variable(name): name for name in OPTION_NAMES if env.get(option_variable(name), "").strip()}
+    secrets = _secret_options() if found else frozenset()
+    for variable, name in found.items():
+        if name in secrets:
+            register(env[variable].strip())  # masked from the moment it is read, as HF_TOKEN is
+    return {variable: env[variable] for variable in found}
+
+
+def _secret_options() -> frozenset[str]:
+    """The engine options that hold a secret (typed SecretStr: ``api_key``)."""
+    import typing
+
+    from ._options import RerankOptions
+
+    return frozenset(name for name, hint in typing.get_type_hints(RerankOptions).items() if "SecretStr" in repr(hint))
 
 
 def engine_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
@@ -170,7 +183,7 @@ def engine_options_from_env(environ: Mapping[str, str] | None = None) -> dict[st
         variable = option_variable(name)
         if variable not in env:
             continue
-        raw, secret = env[variable], "SecretStr" in repr(hints[name])
+        raw, secret = env[variable], "SecretStr" in repr(hints[name])  # as _secret_options() says
         shown_raw = "(value hidden)" if secret else repr(raw.strip())
         try:
             value = TypeAdapter(hints[name]).validate_python(raw.strip())

@@ -103,6 +103,13 @@ def test_a_bad_variable_is_a_config_error_naming_it(variable: str, value: str, s
     assert caught.value.path == variable and "\n" not in str(caught.value)
 
 
+def test_a_key_variable_is_masked_once_read() -> None:
+    from dheera_local._secrets import mask
+
+    Settings.from_env({"DHEERA_API_KEY": " sk-canary-from-env-777\n"})
+    assert mask("sent sk-canary-from-env-777") == "sent ***"
+
+
 def test_a_bad_key_variable_never_shows_its_value() -> None:
     with pytest.raises(ConfigError) as caught:
         engine_options_from_env({"DHEERA_API_KEY": "sk-canary\x01secret"})
