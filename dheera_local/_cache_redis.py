@@ -17,8 +17,9 @@ replica scored is scored again by the next. Pointing them at one Redis (``DHEERA
   logged per minute at most, and the tier is not asked again for a few seconds (so a dead host does
   not add its timeout to every request).
 * Optionally two levels (``DHEERA_CACHE_LOCAL=1``, ``cache_local: true``): the replica's own disk
-  cache is asked first, the shared tier for what it misses (hits are copied to disk), and new scores
-  are written to both.
+  cache is asked first, the shared tier for what it misses (hits are copied to disk with the time they
+  have left in the tier, so a remote endpoint's score keeps its ``DHEERA_REMOTE_CACHE_TTL``), and new
+  scores are written to both.
 
 The store (:class:`RedisCacheStore`) offers the orchestrator what :class:`~._cache.CacheStore` does
 (``open``, ``is_open``, ``close``), so ``Reranker(cache=RedisCacheStore(url))`` is all it takes.
@@ -133,20 +134,30 @@ class RedisScoreCache:
 
     def get_many(self, keys: list[str]) -> dict[str, float]:
         """The cached logits among ``keys`` (one pipelined round trip); nothing when the tier is down."""
+        return {key: logit for key, (logit, _) in self.get_many_with_ttl(keys, ttl=False).items()}
+
+    def get_many_with_ttl(self, keys: list[str], ttl: bool = True) -> dict[str, tuple[float, float | None]]:
+        """The cached logits among ``keys``, each with the seconds it has left in the tier (None: no
+        expiry), in the same pipelined round trip (PTTL per key); nothing when the tier is down."""
         if not keys or not self._breaker.available():
             return {}
         try:
             pipe = self._client.pipeline(transaction=False)
             for start in range(0, len(keys), _KEYS_PER_MGET):
                 pipe.mget([KEY_PREFIX + key for key in keys[start : start + _KEYS_PER_MGET]])
-            values = [value for chunk in pipe.execute() for value in chunk]
+            for key in keys if ttl else ():
+                pipe.pttl(KEY_PREFIX + key)
+            answers = pipe.execute()
         except self._errors as exc:
             self._breaker.failed("be read", exc)
             return {}
         self._breaker.succeeded()
+        chunks = -(-len(keys) // _KEYS_PER_MGET)
+        values = [value for chunk in answers[:chunks] for value in chunk]
+        left = [_seconds_left(ms) for ms in answers[chunks:]] if ttl else [None] * len(keys)
         return {
-            key: _LOGIT.unpack(value)[0]
-            for key, value in zip(keys, values, strict=True)
+            key: (_LOGIT.unpack(value)[0], seconds)
+            for key, value, seconds in zip(keys, values, left, strict=True)
             if isinstance(value, bytes) and len(value) == _LOGIT.size
         }
 
@@ -186,6 +197,13 @@ class RedisScoreCache:
         return {"url": self._breaker.name, "ttl_seconds": self.ttl, "failures": self._breaker.failures}
 
 
+def _seconds_left(milliseconds: object) -> float | None:
+    """PTTL's answer as seconds: None for no expiry (-1); 0 for a key gone meanwhile (-2)."""
+    if milliseconds == -1:
+        return None
+    return max(milliseconds, 0) / 1000 if isinstance(milliseconds, int) else 0.0  # unknown: not copied
+
+
 class TwoLevelCache:
     """A replica's disk cache in front of the shared tier: disk first, the tier for the rest."""
 
@@ -197,11 +215,22 @@ class TwoLevelCache:
         found = self.local.get_many(keys)
         missing = [key for key in keys if key not in found]
         if missing:
-            remote = self.shared.get_many(missing)
-            if remote:
-                self.local.set_many(remote)  # the next lookup of these stays on this machine
-                found.update(remote)
+            remote = self.shared.get_many_with_ttl(missing)
+            self._copy_to_disk(remote)
+            found.update({key: logit for key, (logit, _) in remote.items()})
         return found
+
+    def _copy_to_disk(self, remote: dict[str, tuple[float, float | None]]) -> None:
+        """The tier's hits on disk too, so the next lookup stays on this machine, each expiring when it
+        does in the tier: a remote endpoint's score (``DHEERA_REMOTE_CACHE_TTL``) or one under the tier's
+        TTL must not outlive it on disk. Grouped by whole seconds left (rounded down), one write per group."""
+        groups: dict[int | None, dict[str, float]] = {}
+        for key, (logit, seconds) in remote.items():
+            left = None if seconds is None else math.floor(seconds)
+            if left is None or left >= 1:  # under a second left: not worth a disk write
+                groups.setdefault(left, {})[key] = logit
+        for left, logits in groups.items():
+            self.local.set_many(logits, expire=left)
 
     def set_many(self, logits: dict[str, float], expire: float | None = None) -> None:
         self.local.set_many(logits, expire=expire)

@@ -158,15 +158,22 @@ def clean_key(value: str, name: str) -> str:
     return key
 
 
+# The attributes every LogRecord has; any other was passed as ``extra=`` (a JSON formatter writes it as a key).
+RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
 class MaskingFilter(logging.Filter):
-    """Masks secrets in the final text of every record (message and arguments) it sees, and escapes
-    control characters, so that one record is one line."""
+    """Masks secrets in the final text of every record (message and arguments) it sees, and in the text of
+    its ``extra=`` fields, and escapes control characters, so that one record is one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = escape_controls(mask(message))
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        for name, value in list(vars(record).items()):
+            if isinstance(value, str) and name not in RECORD_ATTRIBUTES:
+                setattr(record, name, escape_controls(mask(value)))
         return True
 
 

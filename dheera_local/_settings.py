@@ -25,7 +25,17 @@ DHEERA_CPU_KERNELS          ``cpu_kernels``: ``auto`` (prepacked oneDNN linears,
 CO_API_KEY                  ``cohere_api_key`` (else ``COHERE_API_KEY``): sent to Cohere's own API only
 COHERE_API_BASE             ``cohere_api_base``: Cohere's API, for a proxy's ``cohere/NAME`` without ``api_base``
                             (``https://api.cohere.com``; LiteLLM reads the same variable)
+DHEERA_<OPTION>             ``engine_env``: every engine option of ``rerank()`` (``DHEERA_DEVICE``,
+                            ``DHEERA_DTYPE``, ``DHEERA_MAX_LENGTH``, ...; :func:`option_variable`), read by
+                            the server and the CLI only (:func:`engine_options_from_env`); a flag or
+                            ``config.yaml`` value wins over the variable
 ==========================  =========================================================================
+
+The command line's own variables (:class:`CliSettings`): ``DHEERA_CONFIG``, ``DHEERA_HOST``,
+``DHEERA_PORT``, ``DHEERA_ALLOW_UNAUTHENTICATED``, ``DHEERA_LOG_FORMAT``; the proxy's master key
+``DHEERA_AI_API_KEY`` (:func:`master_key`). ``os.environ/NAME`` references in ``config.yaml`` are
+resolved through :func:`environment`. A bad value of these is a :class:`~._errors.ConfigError` naming
+the variable, never a traceback.
 """
 
 from __future__ import annotations
@@ -39,8 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter, ValidationError
 
+from ._errors import ConfigError, InvalidRequestError
 from ._secrets import clean_key, register
 
 logger = logging.getLogger("dheera_local")
@@ -53,7 +64,12 @@ DEFAULT_CACHE_TIMEOUT = 0.25
 DEFAULT_COHERE_API_BASE = "https://api.cohere.com"
 DEFAULT_HF_INFERENCE_URL = "https://router.huggingface.co/hf-inference"
 CPU_KERNELS = ("auto", "eager")
+LOG_FORMATS = ("text", "json")
+DEFAULT_PORT = 4000
+MASTER_KEY_ENV = "DHEERA_AI_API_KEY"
+OPTION_PREFIX = "DHEERA_"
 _TRUE = ("1", "ON", "YES", "TRUE")
+_FALSE = ("0", "OFF", "NO", "FALSE")
 
 
 @dataclass(frozen=True)
@@ -76,11 +92,13 @@ class Settings:
     cache_local: bool = False
     cache_timeout: float = DEFAULT_CACHE_TIMEOUT
     cohere_api_base: str = DEFAULT_COHERE_API_BASE
+    # DHEERA_<OPTION> as set, unchecked: only the server and the CLI use them (engine_options()).
+    engine_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings the environment gives (``os.environ`` unless ``environ`` is passed)."""
-        env = os.environ if environ is None else environ
+        env = environment(environ)
         token = _env_key(env, "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
         return cls(
             cache_dir=_cache_dir(env),
@@ -100,7 +118,12 @@ class Settings:
             cache_local=_flag(env, "DHEERA_CACHE_LOCAL"),
             cache_timeout=_positive(env, "DHEERA_CACHE_TIMEOUT", float) or DEFAULT_CACHE_TIMEOUT,
             cohere_api_base=(env.get("COHERE_API_BASE") or DEFAULT_COHERE_API_BASE).strip().rstrip("/"),
+            engine_env=tuple(_engine_env(env).items()),
         )
+
+    def engine_options(self) -> dict[str, object]:
+        """The engine options ``DHEERA_<OPTION>`` variables set, checked (see :func:`engine_options_from_env`)."""
+        return engine_options_from_env(dict(self.engine_env))
 
     @functools.cached_property
     def hf_token(self) -> SecretStr | None:
@@ -115,10 +138,126 @@ class Settings:
         return SecretStr(token) if token else None
 
 
+def environment(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """``environ``, else the process's environment: the one place dheera_local reads ``os.environ``."""
+    return os.environ if environ is None else environ
+
+
+def option_variable(name: str) -> str:
+    """The environment variable of engine option ``name``: ``device`` -> ``DHEERA_DEVICE``."""
+    return OPTION_PREFIX + name.upper()
+
+
+def _engine_env(env: Mapping[str, str]) -> dict[str, str]:
+    from ._options import OPTION_NAMES  # the options' list, not a copy: a new option gets its variable for free
+
+    found = {option_variable(name): name for name in OPTION_NAMES if env.get(option_variable(name), "").strip()}
+    secrets = _secret_options() if found else frozenset()
+    for variable, name in found.items():
+        if name in secrets:
+            register(env[variable].strip())  # masked from the moment it is read, as HF_TOKEN is
+    return {variable: env[variable] for variable in found}
+
+
+def _secret_options() -> frozenset[str]:
+    """The engine options that hold a secret (typed SecretStr: ``api_key``)."""
+    import typing
+
+    from ._options import RerankOptions
+
+    return frozenset(name for name, hint in typing.get_type_hints(RerankOptions).items() if "SecretStr" in repr(hint))
+
+
+def engine_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The engine options set by ``DHEERA_<OPTION>`` variables (``DHEERA_DEVICE=cuda``,
+    ``DHEERA_MAX_LENGTH=512``, ``DHEERA_CACHE=0``), converted to the option's type and checked as
+    ``rerank()`` checks it. Raises ConfigError naming the variable (never a secret's value)."""
+    import typing
+
+    from ._options import RerankOptions, build_options
+
+    env = _engine_env(environment(environ))
+    hints = typing.get_type_hints(RerankOptions)
+    options: dict[str, object] = {}
+    for name in hints:
+        variable = option_variable(name)
+        if variable not in env:
+            continue
+        raw, secret = env[variable], "SecretStr" in repr(hints[name])  # as _secret_options() says
+        shown_raw = "(value hidden)" if secret else repr(raw.strip())
+        try:
+            value = TypeAdapter(hints[name]).validate_python(raw.strip())
+            options[name] = getattr(build_options(**{name: value}), name)
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+            raise ConfigError(f"{variable}={shown_raw}: {name} should be {problem}", path=variable) from None
+        except InvalidRequestError as exc:
+            raise ConfigError(f"{variable}={shown_raw}: {exc}", path=variable) from None
+    return options
+
+
+@dataclass(frozen=True)
+class CliSettings:
+    """The command line's own variables: each a default its flag overrides (TEI's and infinity's containers
+    are configured the same way)."""
+
+    config: str | None = None
+    host: str | None = None
+    port: int = DEFAULT_PORT
+    allow_unauthenticated: bool = False
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CliSettings:
+        """Read ``DHEERA_CONFIG``, ``DHEERA_HOST``, ``DHEERA_PORT``, ``DHEERA_ALLOW_UNAUTHENTICATED`` and
+        ``DHEERA_LOG_FORMAT``; ConfigError naming the variable for a bad value."""
+        env = environment(environ)
+        return cls(
+            config=env.get("DHEERA_CONFIG", "").strip() or None,
+            host=env.get("DHEERA_HOST", "").strip() or None,
+            port=_port(env),
+            allow_unauthenticated=_strict_flag(env, "DHEERA_ALLOW_UNAUTHENTICATED"),
+            log_format=_one_of(env, "DHEERA_LOG_FORMAT", LOG_FORMATS, "text"),
+        )
+
+
+def master_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """``DHEERA_AI_API_KEY`` as set (unchecked: the proxy's config checks and masks it), None when unset."""
+    value = environment(environ).get(MASTER_KEY_ENV, "")
+    return value if value.strip() else None
+
+
+def _port(env: Mapping[str, str]) -> int:
+    raw = env.get("DHEERA_PORT", "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"DHEERA_PORT={raw!r} is not a TCP port (1-65535)", path="DHEERA_PORT")
+    return int(raw)
+
+
+def _strict_flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip()
+    if raw.upper() in _TRUE:
+        return True
+    if not raw or raw.upper() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a flag: write 1, true, yes or on (0, false, no, off)", path=name)
+
+
+def _one_of(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}", path=name)
+    return raw.lower()
+
+
 def hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The huggingface_hub cache folder, with huggingface_hub's precedence (it reads these at import;
     dheera_local when settings are made, so a process can point them elsewhere after import)."""
-    env = os.environ if environ is None else environ
+    env = environment(environ)
     for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if env.get(variable):
             return Path(env[variable]).expanduser()

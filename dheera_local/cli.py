@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from ._errors import DheeraError, InvalidRequestError
 from ._options import add_engine_options, engine_options
 from ._secrets import install as install_masking
+from ._settings import CliSettings, engine_options_from_env
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -30,8 +30,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _is_seed_serve_form(argv):
         argv = ["serve", *argv]  # the seed docs' `dheera_ai --config config.yaml`
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        # Flags > environment > defaults: the environment's values become the parser's defaults.
+        env, env_options = CliSettings.from_env(), engine_options_from_env()
+    except DheeraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parser = build_parser(env, env_options)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser, so the hint names the command's --help
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         _configure_logging(args.verbose, args.log_format)
     except ImportError as exc:
@@ -85,17 +93,28 @@ def _formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: ``error: ...`` and where to read more, exit status 2
+    (argparse prints the whole usage first: 14 lines for ``rerank``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser(env: CliSettings | None = None, env_options: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``env`` and ``env_options`` (the environment's, see :mod:`._settings`) are its defaults."""
+    env = env if env is not None else CliSettings()
+    parser = Parser(
         prog="dheera-local",
         description="Local-first reranking with remote fallback.",
         epilog="Every option of `serve` and --log-format can also come from its environment variable "
-        "(DHEERA_CONFIG, DHEERA_HOST, DHEERA_PORT, DHEERA_ALLOW_UNAUTHENTICATED, DHEERA_LOG_FORMAT).",
+        "(DHEERA_CONFIG, DHEERA_HOST, DHEERA_PORT, DHEERA_ALLOW_UNAUTHENTICATED, DHEERA_LOG_FORMAT), and every "
+        "engine option from DHEERA_<OPTION> (DHEERA_DEVICE, DHEERA_DTYPE, DHEERA_MAX_LENGTH, ...); a flag wins.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     parser.add_argument("--version", action="version", version=f"dheera-local {__version__}")
     parser.add_argument(
-        "--log-format", choices=("text", "json"), default=_env("DHEERA_LOG_FORMAT", "text"),
+        "--log-format", choices=("text", "json"), default=env.log_format,
         help="log lines on stderr as text or as one JSON object each (env DHEERA_LOG_FORMAT)",
     )  # fmt: skip
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -103,16 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(commands)
     _add_pull(commands)
     _add_cache(commands)
-    _add_serve(commands)
+    _add_serve(commands, env)
     _add_score(commands)
+    for command in commands.choices.values():
+        _default_from_env(command, env_options or {})
     return parser
+
+
+def _default_from_env(parser: argparse.ArgumentParser, env_options: dict[str, Any]) -> None:
+    """The environment's engine options as the defaults of the flags ``parser`` has for them."""
+    dests = {action.dest for action in parser._actions}
+    parser.set_defaults(**{name: value for name, value in env_options.items() if name in dests})
 
 
 def _command(
     commands: Any, name: str, handler: Callable[[argparse.Namespace], int], help_: str
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_, description=help_)
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, command_parser=parser)
     # SUPPRESS: without -v here, the -v given before the command stands.
     parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -152,17 +179,16 @@ def _add_cache(commands: Any) -> None:
     parser.add_argument("--cache-dir", help="score cache folder")
 
 
-def _add_serve(commands: Any) -> None:
+def _add_serve(commands: Any, env: CliSettings) -> None:
     # Each flag also comes from an environment variable, as TEI's and infinity's do (containers set env).
     parser = _command(commands, "serve", _cmd_serve, "Run the rerank proxy server (needs dheera_local[server]).")
-    config = _env("DHEERA_CONFIG")
-    parser.add_argument("--config", required=config is None, default=config, help="config.yaml (env DHEERA_CONFIG)")
-    parser.add_argument("--host", default=_env("DHEERA_HOST"), help="bind address (env DHEERA_HOST; 127.0.0.1 "
+    parser.add_argument("--config", required=env.config is None, default=env.config,
+                        help="config.yaml (env DHEERA_CONFIG)")  # fmt: skip
+    parser.add_argument("--host", default=env.host, help="bind address (env DHEERA_HOST; 127.0.0.1 "
                         "without a master key)")  # fmt: skip
-    # A string default goes through type=int: a bad DHEERA_PORT is a usage error, not a traceback.
-    parser.add_argument("--port", type=int, default=_env("DHEERA_PORT", "4000"), help="env DHEERA_PORT")
+    parser.add_argument("--port", type=int, default=env.port, help="env DHEERA_PORT")
     parser.add_argument(
-        "--allow-unauthenticated", action="store_true", default=_env_flag("DHEERA_ALLOW_UNAUTHENTICATED"),
+        "--allow-unauthenticated", action="store_true", default=env.allow_unauthenticated,
         help="allow a non-loopback host without a master key (env DHEERA_ALLOW_UNAUTHENTICATED=1)",
     )  # fmt: skip
     limits = parser.add_argument_group("connection limits (override config.yaml's general_settings)")
@@ -187,14 +213,6 @@ def _positive(kind: type) -> Callable[[str], Any]:
         return value
 
     return parse
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name) or default
-
-
-def _env_flag(name: str) -> bool:
-    return (os.environ.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _add_score(commands: Any) -> None:

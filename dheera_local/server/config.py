@@ -25,7 +25,6 @@ variable; for an entry's ``api_key`` that its route never needs (no ``api_base``
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,11 @@ from pydantic import (
 from .._errors import ConfigError
 from .._options import config_fields, option_check
 from .._secrets import clean_key, register
+from .._settings import MASTER_KEY_ENV, environment, master_key
 
 logger = logging.getLogger("dheera_local.server")
 
 ENV_PREFIX = "os.environ/"
-MASTER_KEY_ENV = "DHEERA_AI_API_KEY"
 PARAMS_KEY = "dheera_ai_params"
 PARAMS_ALIAS = "litellm_params"
 
@@ -227,7 +226,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> S
 
 def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str] | None = None) -> ServerConfig:
     """Validate already-parsed YAML; ``os.environ/VAR`` values are read from ``environ`` (default os.environ)."""
-    env = os.environ if environ is None else environ
+    env = environment(environ)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with a model_list, got {type(data).__name__}")
     problems: list[Problem] = []
@@ -246,9 +245,10 @@ def parse_config(data: Any, *, source: str = "config", environ: Mapping[str, str
         problems += _group_problems(config) + _limit_problems(config)
     if problems or config is None:
         raise _config_error(problems, source)
-    if config.master_key is None and env.get(MASTER_KEY_ENV, "").strip():
+    from_env = master_key(env)
+    if config.master_key is None and from_env is not None:
         try:
-            key = clean_key(env[MASTER_KEY_ENV], MASTER_KEY_ENV)
+            key = clean_key(from_env, MASTER_KEY_ENV)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}", path=MASTER_KEY_ENV) from None
         settings = config.general_settings.model_copy(update={"master_key": SecretStr(key)})

@@ -1,10 +1,12 @@
-"""``GET /health``: one real, uncached rerank per configured model, as LiteLLM's proxy reports it."""
+"""``GET /health``: one real, uncached rerank per configured model, as LiteLLM's proxy reports it.
+``GET /health/readiness``: started, not shutting down, and the shared score cache's state."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from .._cache_redis import RedisCacheStore
 from .._errors import DheeraError
 from .._secrets import mask
 from .registry import ServedModel
@@ -34,3 +36,24 @@ async def _check(state: ServerState, served: ServedModel) -> tuple[bool, dict[st
     except DheeraError as exc:
         return False, {**entry, "error": mask(str(exc))}
     return True, {**entry, "backend": response.backend}
+
+
+async def readiness(state: ServerState) -> tuple[int, dict[str, Any]]:
+    """The readiness probe's status code and body. A shared score cache that does not answer leaves the
+    replica ready (requests are scored without it, never failed): ``"status": "degraded"`` and 200, so a
+    load balancer keeps sending traffic while the body says what is missing."""
+    if state.draining:
+        return 503, {"status": "shutting_down"}
+    store = state.reranker.caches
+    if not isinstance(store, RedisCacheStore):
+        return 200, {"status": "healthy"}
+    try:
+        # ping() never raises and times out on its own (the tier's timeout); wait_for bounds a stuck pool too.
+        reachable = await asyncio.wait_for(asyncio.to_thread(store.ping), store.options.timeout * 4 + 1)
+    except asyncio.TimeoutError:
+        reachable = False
+    # No URL: the probe is open, and the tier's address is not every caller's business.
+    tier: dict[str, Any] = {"status": "connected" if reachable else "unreachable"}
+    if not reachable:
+        tier["effect"] = "requests are scored without the shared cache (no cache hits from other replicas)"
+    return 200, {"status": "healthy" if reachable else "degraded", "shared_cache": tier}

@@ -5,6 +5,9 @@ it is a plain token, else a new one), answers any exception that escaped the rou
 JSON 500 instead of a traceback, and logs one line: id, method, path, status, time, and what the
 route recorded (model, backend, cache hits, documents). Never a body, a header or a query string;
 control characters in what the client chose (the path, the model name) are escaped, so one request is one line.
+The same fields travel as the record's attributes (``extra=``), so ``--log-format json``
+writes them as keys of the line's object (``request_id``, ``status``, ``latency_ms``, ``key_name``: the
+key's name, never the key), not only inside its message.
 
 :class:`BodyLimit` answers 413 when ``Content-Length`` exceeds the limit, before reading a byte,
 and also counts a streamed (chunked) body as it arrives, so a body without ``Content-Length``
@@ -22,7 +25,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._secrets import escape_controls, mask
+from .._secrets import RECORD_ATTRIBUTES, escape_controls, mask
 from .errors import ApiError, NotReadyError, api_error
 
 logger = logging.getLogger("dheera_local.server")
@@ -30,6 +33,8 @@ logger = logging.getLogger("dheera_local.server")
 REQUEST_ID_HEADER = "x-request-id"
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LOG_FIELDS = ("model", "backend", "cache_hits", "documents")
+# A route's field whose attribute name differs from its own: "key_name" says it is never the key itself.
+_RENAMED = {"key": "key_name"}
 
 
 class RequestContext:
@@ -98,7 +103,34 @@ def _log(scope: Scope, request_id: str, status: int, seconds: float) -> None:
     # The path (percent-decoded: %0a is a newline) and the model name are the client's: one line, masked.
     path, method = _loggable(scope.get("path", "")), _loggable(scope.get("method", ""))
     level = logging.WARNING if status >= 500 else logging.INFO
-    logger.log(level, "%s %s %s %d %.1fms%s", request_id, method, path, status, seconds * 1000, _loggable(extra))
+    record = _record_fields(scope, request_id, status, seconds, fields)
+    logger.log(
+        level, "%s %s %s %d %.1fms%s", request_id, method, path, status, seconds * 1000, _loggable(extra), extra=record
+    )
+
+
+def _record_fields(
+    scope: Scope, request_id: str, status: int, seconds: float, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """The request's fields as record attributes: numbers stay numbers, client-chosen text is masked."""
+    record: dict[str, Any] = {
+        "request_id": request_id,
+        "method": _loggable(scope.get("method", "")),
+        "path": _loggable(scope.get("path", "")),
+        "route": getattr(scope.get("route"), "path", None),  # the template: /models/{model_name}/rerank
+        "status": status,
+        "latency_ms": round(seconds * 1000, 3),
+    }
+    for name, value in fields.items():
+        if value is None:
+            continue
+        name = _RENAMED.get(name, name)
+        if name in RECORD_ATTRIBUTES:  # logging refuses an extra= field named "name", "message", ...
+            name = f"field_{name}"
+        record[name] = _loggable(value) if isinstance(value, str) else value
+    if isinstance(fields.get("cache_hits"), int) and isinstance(fields.get("scored"), int):
+        record["pairs"] = fields["cache_hits"] + fields["scored"]  # unique pairs, after deduplication
+    return record
 
 
 def _loggable(value: str) -> str:

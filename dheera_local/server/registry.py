@@ -15,6 +15,7 @@ from .._errors import ConfigError, InvalidRequestError, ModelNotAvailableError
 from .._hardware import dtype_name
 from .._model_ref import COHERE_PREFIX
 from .._orchestrator import Reranker
+from .._settings import option_variable
 from ..backends.local import LocalBackend
 from .config import ModelEntry, ServerConfig
 from .errors import UnknownModelError
@@ -58,9 +59,10 @@ class ModelRegistry:
     def from_config(cls, config: ServerConfig, reranker: Reranker) -> ModelRegistry:
         """Plan every entry; raises one ConfigError listing each entry that cannot be served, by key path."""
         served, problems = [], []
+        env = reranker.settings.engine_options()  # ConfigError naming the variable for a bad value
         for index, entry in enumerate(config.model_list):
             try:
-                served.append(_plan(config, index, entry, reranker))
+                served.append(_plan(config, index, entry, reranker, env))
             except ConfigError as exc:
                 problems.append(exc)
         if len(problems) == 1:
@@ -89,14 +91,19 @@ class ModelRegistry:
         return served
 
 
-def model_options(config: ServerConfig, entry: ModelEntry) -> dict[str, Any]:
-    """The keyword options of ``rerank()`` for one entry: those it sets, and the server-wide cache
-    settings (secrets stay SecretStr)."""
-    params, general = entry.dheera_ai_params, config.general_settings
-    options = {name: value for name, value in params if name != "model" and value is not None}
-    options["cache"] = general.cache if params.cache is None else params.cache
-    options["cache_dir"] = general.cache_dir
-    if options.get("timeout") is None and config.router_settings.timeout is not None:
+def model_options(config: ServerConfig, entry: ModelEntry, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword options of ``rerank()`` for one entry: those it sets, then the server-wide settings,
+    then ``env`` (the ``DHEERA_<OPTION>`` variables, :meth:`~.._settings.Settings.engine_options`), as TEI's
+    and infinity's containers are configured (secrets stay SecretStr)."""
+    params, general, env = entry.dheera_ai_params, config.general_settings, env or {}
+    options = {**env, **{name: value for name, value in params if name != "model" and value is not None}}
+    if params.cache is not None:
+        options["cache"] = params.cache
+    elif "cache" in general.model_fields_set or "cache" not in env:
+        options["cache"] = general.cache
+    if general.cache_dir is not None or "cache_dir" not in env:
+        options["cache_dir"] = general.cache_dir
+    if "timeout" not in options and config.router_settings.timeout is not None:
         options["timeout"] = config.router_settings.timeout
     return options
 
@@ -110,13 +117,17 @@ def _cohere_api(model: str, options: dict[str, Any], reranker: Reranker) -> dict
     return {**options, "api_base": settings.cohere_api_base, "api_key": key, "api_format": "cohere"}
 
 
-def _plan(config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranker) -> ServedModel:
+def _plan(
+    config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranker, env: dict[str, Any]
+) -> ServedModel:
     model = entry.dheera_ai_params.model
-    options = _cohere_api(model, model_options(config, entry), reranker)
+    options = _cohere_api(model, model_options(config, entry, env), reranker)
     try:
         plan = reranker.plan(model, **options)
     except InvalidRequestError as exc:
         path = config.key_path(index, exc.field or "model")
+        if exc.field in env and getattr(entry.dheera_ai_params, exc.field, None) is None:
+            path = f"{path} (from {option_variable(exc.field)})"  # the value came from the environment
         raise ConfigError(f"{config.source}: {path}: {exc}", path=path) from None
     except ModelNotAvailableError as exc:
         path = config.key_path(index, "model")

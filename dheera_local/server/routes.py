@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .health import check_models
+from .health import readiness as readiness_report
 from .keys import CURRENT_KEY
 from .metrics import CONTENT_TYPE
 from .schemas import (
@@ -129,12 +130,10 @@ async def liveliness() -> str:
     return "I'm alive!"
 
 
-@public.get("/health/readiness", summary="Started and not shutting down")
+@public.get("/health/readiness", summary="Started, not shutting down; the shared score cache's state")
 async def readiness(request: Request) -> JSONResponse:
-    state = server_state(request)
-    if state.draining:
-        return JSONResponse({"status": "shutting_down"}, status_code=503)
-    return JSONResponse({"status": "healthy"})
+    status, body = await readiness_report(server_state(request))
+    return JSONResponse(body, status_code=status)
 
 
 async def _dispatch(request: Request, *, model: str | None) -> JSONResponse:
