@@ -55,19 +55,14 @@ class FakeBackend:
 
 
 class FakeBackends(Backends):
-    """Backends whose every remote endpoint (HF hosted, TEI, Cohere-compatible) is one :class:`FakeBackend`."""
+    """Backends whose every remote endpoint, of any registered provider (:mod:`dheera_local.providers`),
+    is one :class:`FakeBackend`: every remote backend is made by :meth:`Backends.endpoint`."""
 
     def __init__(self, backend: FakeBackend, settings: Settings) -> None:
         super().__init__(settings)
         self.fake = backend
 
-    def tei(self, *args: object, **kwargs: object) -> FakeBackend:  # type: ignore[override]
-        return self.fake
-
-    def hf_hosted(self, *args: object, **kwargs: object) -> FakeBackend:  # type: ignore[override]
-        return self.fake
-
-    def cohere(self, *args: object, **kwargs: object) -> FakeBackend:  # type: ignore[override]
+    def endpoint(self, *args: object, **kwargs: object) -> FakeBackend:  # type: ignore[override]
         return self.fake
 
 
