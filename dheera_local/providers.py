@@ -41,7 +41,7 @@ from pydantic import SecretStr
 if TYPE_CHECKING:
     from .backends._http import Call, HttpClients, RetryPolicy
     from .backends._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order
-    from .backends.base import Backend
+    from .backends.base import Backend, PairsByQuery
 
 logger = logging.getLogger("dheera_local")
 
@@ -240,6 +240,7 @@ class ProviderNames(Sequence[str]):
 # The remote toolkit, loaded on first use: importing it imports httpx.
 _TOOLKIT = {
     "Backend": ".backends.base",
+    "PairsByQuery": ".backends.base",
     "Call": ".backends._http",
     "HttpClients": ".backends._http",
     "RetryPolicy": ".backends._http",
@@ -269,6 +270,7 @@ __all__ = [
     "Call",
     "Endpoint",
     "HttpClients",
+    "PairsByQuery",
     "Provider",
     "ProviderNames",
     "RemoteBackend",

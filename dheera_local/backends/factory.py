@@ -20,7 +20,7 @@ from .._options import RerankOptions
 from .._settings import Settings
 from ..providers import Endpoint, get_provider
 from ._http import HttpClients, RetryPolicy
-from .base import Backend
+from .base import Backend, conform
 from .local import SHARED_MODELS, LocalBackend, ModelStore
 
 
@@ -67,7 +67,7 @@ class Backends:
 
     def serve(self, local: LocalBackend) -> Backend:
         """What serves ``local``'s requests: itself, or what ``local_wrapper`` makes of it."""
-        return self.local_wrapper(local) if self.local_wrapper is not None else local
+        return conform(self.local_wrapper(local)) if self.local_wrapper is not None else local
 
     def endpoint(self, api_format: str, options: RerankOptions, *, model: str) -> Backend:
         """The backend of the provider registered as ``api_format`` (:mod:`dheera_local.providers`) for
@@ -80,9 +80,8 @@ class Backends:
         if key is None and provider.sends_env_key(api_base):
             key = self.settings.provider_keys.get(provider.name)
         state = self.provider_state.setdefault(provider.name, {})
-        return provider.make(
-            Endpoint(api_base, model, key, options.timeout, self.clients, self.policy, self.settings, state)
-        )
+        endpoint = Endpoint(api_base, model, key, options.timeout, self.clients, self.policy, self.settings, state)
+        return conform(provider.make(endpoint))
 
     def close(self) -> None:
         """Close the sync HTTP client."""

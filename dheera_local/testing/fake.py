@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .._orchestrator import Reranker
 from .._settings import Settings
+from ..backends.base import PairsByQuery
 from ..backends.factory import Backends
 
 Scorer = Callable[[str, str], float]
@@ -30,7 +31,7 @@ def word_overlap(query: str, document: str) -> float:
     return float(sum(word in words for word in set(query.lower().split())))
 
 
-class FakeBackend:
+class FakeBackend(PairsByQuery):
     """Scores each ``(query, document)`` pair with ``score`` and records the calls in ``calls``."""
 
     name = "fake"
