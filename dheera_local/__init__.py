@@ -19,6 +19,7 @@ _EXPORTS = {
     "ModelNotAvailableError": "._errors",
     "OverloadedError": "._errors",
     "PairScores": "._orchestrator",
+    "Provider": ".providers",
     "RedisCacheStore": "._cache_redis",
     "RemoteBackendError": "._errors",
     "RerankResponse": "._response",
@@ -30,7 +31,9 @@ _EXPORTS = {
     "UnsupportedModelError": "._errors",
     "arerank": "._api",
     "close_all": "._runtime",
+    "register_provider": ".providers",
     "rerank": "._api",
+    "unregister_provider": ".providers",
 }
 
 if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
@@ -54,6 +57,7 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from ._runtime import close_all
     from ._settings import Settings
     from .backends._http import RetryPolicy
+    from .providers import Provider, register_provider, unregister_provider
 
 
 def __getattr__(name: str) -> object:
@@ -83,6 +87,7 @@ __all__ = [
     "RedisCacheStore",
     "RemoteBackendError",
     "PairScores",
+    "Provider",
     "RerankResponse",
     "RerankResult",
     "Reranker",
@@ -93,5 +98,7 @@ __all__ = [
     "__version__",
     "arerank",
     "close_all",
+    "register_provider",
     "rerank",
+    "unregister_provider",
 ]

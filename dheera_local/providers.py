@@ -14,7 +14,7 @@ CLI's ``--api-format`` choices, config.yaml's ``api_format``, the key read from 
 >>> dheera_local.register_provider(Provider("my-api", make, key_env=("MY_API_KEY",)))
 >>> "my-api" in dheera_local.providers.provider_names()
 True
->>> dheera_local.unregister_provider("my-api")
+>>> removed = dheera_local.unregister_provider("my-api")
 
 A package registers its providers without being imported by the user through the
 ``dheera_local.providers`` entry-point group (``my-api = "my_package.rerank:PROVIDER"``, the

@@ -361,3 +361,26 @@ def test_an_installed_package_registers_through_the_entry_point_group(tmp_path: 
     assert lines == ["loaded at import: False", "loaded on use: True", "names: tei,cohere,hf,plugged"]
     assert "skipped provider entry point 'broken'" in done.stderr
     assert "not a dheera_local.providers.Provider" in done.stderr
+
+
+# The docs ------------------------------------------------------------------------------------------------------
+
+
+def test_the_readme_table_lists_the_registered_providers() -> None:
+    from dheera_local.providers import registered_providers
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Your own remote provider", 1)[1].split("```", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")][1:]  # the header
+    documented = [(name.strip().strip("`"), what.strip()) for name, what in rows]
+    assert documented == [(p.name, p.description) for p in registered_providers()]
+
+
+def test_the_doctest_of_the_registry() -> None:
+    import doctest
+
+    from dheera_local import providers
+
+    results = doctest.testmod(providers)
+    assert results.attempted >= 3 and results.failed == 0
+    assert provider_names() == ("tei", "cohere", "hf")
