@@ -79,7 +79,7 @@ class Settings:
     cache_local: bool = False
     cache_timeout: float = DEFAULT_CACHE_TIMEOUT
     cohere_api_base: str = DEFAULT_COHERE_API_BASE
-    provider_keys: Mapping[str, SecretStr] = field(default_factory=dict, repr=False)
+    provider_keys: Mapping[str, SecretStr] = field(default_factory=dict, repr=False, hash=False)  # a dict: not hashed
 
     def __post_init__(self) -> None:
         # cohere_api_key predates the provider registry: either spelling gives the other.

@@ -230,7 +230,9 @@ def test_the_environment_key_goes_only_where_the_provider_says(
     monkeypatch.setenv("ACME_API_KEY", KEY)
     register_provider(acme(key_env=("ACME_API_KEY",), default_api_base="https://api.acme.example"))
     try:
-        assert Settings.from_env().provider_keys["acme"].get_secret_value() == KEY
+        settings = Settings.from_env()
+        assert settings.provider_keys["acme"].get_secret_value() == KEY and KEY not in repr(settings)
+        assert hash(settings) == hash(Settings.from_env())  # Settings stay hashable (and equal) with the keys
         with Reranker(retry=FAST) as reranker:
             reranker.rerank("acme-rerank-1", QUERY, DOCS, api_format="acme", api_base=server.url, cache=False)
         assert "authorization" not in server.requests[-1][1]  # the loopback server is not api.acme.example
