@@ -32,13 +32,12 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
-
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from .backends._http import Call, HttpClients, RetryPolicy
     from .backends._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order
     from .backends.base import Backend, PairsByQuery
@@ -159,6 +158,8 @@ class _Registry:
             return
         self._loaded = True  # first: the built-ins and plugins register through register(), which calls _load
         importlib.import_module(".backends.builtin_providers", __package__)
+        from importlib.metadata import entry_points  # ~50 ms of imports: paid on first use, not at import
+
         for point in entry_points(group=ENTRY_POINT_GROUP):
             _load_entry_point(self, point)
 
