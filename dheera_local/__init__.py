@@ -14,6 +14,7 @@ _EXPORTS = {
     "BackendError": "._errors",
     "ConfigError": "._errors",
     "DheeraError": "._errors",
+    "Endpoint": ".providers",
     "InvalidRequestError": "._errors",
     "LocalBackendError": "._errors",
     "ModelNotAvailableError": "._errors",
@@ -57,7 +58,7 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from ._runtime import close_all
     from ._settings import Settings
     from .backends._http import RetryPolicy
-    from .providers import Provider, register_provider, unregister_provider
+    from .providers import Endpoint, Provider, register_provider, unregister_provider
 
 
 def __getattr__(name: str) -> object:
@@ -80,6 +81,7 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "DheeraError",
+    "Endpoint",
     "InvalidRequestError",
     "LocalBackendError",
     "ModelNotAvailableError",
