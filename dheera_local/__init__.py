@@ -21,6 +21,7 @@ _EXPORTS = {
     "CacheStore": "._cache",
     "ConfigError": "._errors",
     "DheeraError": "._errors",
+    "Endpoint": ".providers",
     "InvalidRequestError": "._errors",
     "LocalBackend": ".backends.local",
     "LocalBackendError": "._errors",
@@ -28,6 +29,7 @@ _EXPORTS = {
     "OverloadedError": "._errors",
     "PairScores": "._orchestrator",
     "Plan": "._selector",
+    "Provider": ".providers",
     "RedisCacheStore": "._cache_redis",
     "RemoteBackendError": "._errors",
     "RerankMeta": "._response",
@@ -42,7 +44,9 @@ _EXPORTS = {
     "UnsupportedModelError": "._errors",
     "arerank": "._api",
     "close_all": "._runtime",
+    "register_provider": ".providers",
     "rerank": "._api",
+    "unregister_provider": ".providers",
 }
 
 if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
@@ -72,6 +76,7 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .backends.base import Backend
     from .backends.factory import Backends
     from .backends.local import LocalBackend
+    from .providers import Endpoint, Provider, register_provider, unregister_provider
 
 
 def __getattr__(name: str) -> object:
@@ -100,6 +105,7 @@ __all__ = [
     "CacheStore",
     "ConfigError",
     "DheeraError",
+    "Endpoint",
     "InvalidRequestError",
     "LocalBackend",
     "LocalBackendError",
@@ -110,6 +116,7 @@ __all__ = [
     "RedisCacheStore",
     "RemoteBackendError",
     "RerankMeta",
+    "Provider",
     "RerankRequest",
     "RerankResponse",
     "RerankResult",
@@ -122,5 +129,7 @@ __all__ = [
     "__version__",
     "arerank",
     "close_all",
+    "register_provider",
     "rerank",
+    "unregister_provider",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,9 +25,10 @@ from pydantic import SecretStr
 from . import _secrets as secrets
 from ._errors import InvalidRequestError, shown
 from ._hardware import check_device, check_dtype
+from .providers import ProviderNames
 
 BACKENDS = ("auto", "local", "remote")
-API_FORMATS = ("tei", "cohere", "hf")
+API_FORMATS = ProviderNames()  # the registered providers' names, read when checked (dheera_local.providers)
 MIN_MAX_LENGTH = 8
 
 
@@ -62,7 +63,7 @@ def _optional_str(value: object, name: str) -> str | None:
     raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}", field=name)
 
 
-def _choice(choices: tuple[str, ...], optional: bool = False) -> Callable[[object, str], Any]:
+def _choice(choices: Sequence[str], optional: bool = False) -> Callable[[object, str], Any]:
     def check(value: object, name: str) -> str | None:
         if value is None and optional:
             return None
@@ -181,8 +182,8 @@ class RerankOptions:
     )
     api_format: str | None = _option(
         None, _choice(API_FORMATS, optional=True),
-        "the endpoint's wire format: tei, cohere or hf (default: tei for huggingface/ORG/NAME, else cohere)",
-        cli={"choices": API_FORMATS}, config=Literal["tei", "cohere", "hf"] | None,
+        "the endpoint's wire format, a registered provider (default: tei for huggingface/ORG/NAME, else cohere)",
+        cli={"choices": API_FORMATS}, config=str | None,
     )  # fmt: skip
     cache: bool = _option(
         True, check_flag, "read and write the score cache", cli={"flag": "--no-cache", "negate": True},

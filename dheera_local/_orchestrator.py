@@ -33,7 +33,7 @@ from ._response import BilledUnits, RerankMeta, RerankResponse, RerankResult, Se
 from ._selector import DEFAULT_MAX_LENGTH, Plan, Selector
 from ._settings import Settings
 from .backends._http import HttpClients, RetryPolicy
-from .backends.base import Backend, ascore_pairs, score_pairs
+from .backends.base import Backend
 from .backends.factory import Backends
 from .backends.local import LocalBackend
 
@@ -297,7 +297,7 @@ class Reranker:
             return
         for index, backend in work.untried:
             try:
-                logits = score_pairs(backend, misses)
+                logits = backend.score_pairs(misses)
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue
@@ -312,7 +312,7 @@ class Reranker:
             return
         for index, backend in work.untried:
             try:
-                logits = await ascore_pairs(backend, misses)
+                logits = await backend.ascore_pairs(misses)
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue

@@ -5,9 +5,10 @@
 force one. The plan lists the candidates in the order they are tried; the orchestrator falls back
 along it.
 
-The endpoint's wire format is ``api_format`` when given (``tei``, ``cohere`` or ``hf``), else the
-spelling's default: TEI for ``huggingface/ORG/NAME``, Cohere-compatible for any other name (bare
-``ORG/NAME`` included).
+The endpoint's wire format is ``api_format`` when given (a registered provider,
+:mod:`dheera_local.providers`: ``tei``, ``cohere``, ``hf``, ...), else the spelling's default: TEI for
+``huggingface/ORG/NAME``, Cohere-compatible for any other name (bare ``ORG/NAME`` included). Without
+``api_base``, a provider with a ``default_api_base`` is called there.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from ._settings import Settings
 from .backends.base import Backend
 from .backends.factory import Backends
 from .backends.local import LocalBackend
+from .providers import get_provider
 
 DEFAULT_MAX_LENGTH = 512
+HOSTED = "hf"  # the provider of HF hosted inference: a hub model's remote when no api_base is given
 
 
 @dataclass
@@ -112,16 +115,19 @@ class Selector:
         if options.api_base:
             default = "tei" if ref.text.startswith(HF_PREFIX) else "cohere"
             return self.backends.endpoint(options.api_format or default, options, model=ref.name)
-        if options.api_format not in (None, "hf"):
-            raise InvalidRequestError(
-                f"api_format={options.api_format!r} needs api_base (the endpoint's URL)", field="api_format"
-            )
+        if options.api_format not in (None, HOSTED):
+            if _provider_base(options) is None:
+                raise InvalidRequestError(
+                    f"api_format={options.api_format!r} needs api_base (the endpoint's URL)", field="api_format"
+                )
+            return self.backends.endpoint(options.api_format, options, model=ref.name)  # the provider's own API
         if self.settings.hub_offline:
             return None
-        return self.backends.hf_hosted(ref.hub_id, options.api_key, options.timeout)
+        return self.backends.endpoint(HOSTED, options, model=ref.hub_id)
 
     def _plan_named(self, ref: ModelRef, options: RerankOptions) -> Plan:
-        if options.backend == "local" or not options.api_base:
+        api_base = _provider_base(options)
+        if options.backend == "local" or not api_base:
             raise ModelNotAvailableError(_not_available_message(ref, options, self.settings))
         option = _given_prompt(options)
         if option:
@@ -135,9 +141,16 @@ class Selector:
         prompt = _prompt(template, ref.text, options)
         keyed = f"{template.name}:{prompt}" if template is not None else ""
         identity = ModelIdentity(
-            f"{options.api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0, prompt=keyed
+            f"{api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0, prompt=keyed
         )
         return Plan(identity, [backend], bases=[identity])
+
+
+def _provider_base(options: RerankOptions) -> str | None:
+    """``api_base``, else the default API of the provider ``api_format`` names (None: neither)."""
+    if options.api_base or options.api_format is None:
+        return options.api_base
+    return get_provider(options.api_format).default_api_base
 
 
 def _prompt(template: object, model: str, options: RerankOptions) -> str | None:

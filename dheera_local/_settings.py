@@ -23,6 +23,8 @@ HF_TOKEN                    ``hf_token`` (else ``HUGGING_FACE_HUB_TOKEN``, the t
                             ``hf auth login`` at ``HF_TOKEN_PATH`` / ``$HF_HOME/token``)
 DHEERA_CPU_KERNELS          ``cpu_kernels``: ``auto`` (prepacked oneDNN linears, bf16 or fp32) or ``eager``
 CO_API_KEY                  ``cohere_api_key`` (else ``COHERE_API_KEY``): sent to Cohere's own API only
+(each provider's key_env)   ``provider_keys[name]``: the variables a registered provider names
+                            (:mod:`dheera_local.providers`); ``provider_keys["cohere"]`` is ``cohere_api_key``
 COHERE_API_BASE             ``cohere_api_base``: Cohere's API, for a proxy's ``cohere/NAME`` without ``api_base``
                             (``https://api.cohere.com``; LiteLLM reads the same variable)
 DHEERA_<OPTION>             ``engine_env``: every engine option of ``rerank()`` (``DHEERA_DEVICE``,
@@ -53,6 +55,7 @@ from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from ._errors import ConfigError, InvalidRequestError
 from ._secrets import clean_key, register
+from .providers import registered_providers
 
 logger = logging.getLogger("dheera_local")
 
@@ -86,7 +89,7 @@ class Settings:
     hf_token_value: SecretStr | None = field(default=None, repr=False)
     hf_token_file: Path | None = field(default=None, repr=False)
     hf_token_lookup: bool = field(default=False, repr=False)
-    cohere_api_key: SecretStr | None = field(default=None, repr=False)
+    cohere_api_key: SecretStr | None = field(default=None, repr=False)  # also provider_keys["cohere"]
     cache_url: SecretStr | None = field(default=None, repr=False)  # may carry the tier's password
     cache_ttl: int | None = None
     cache_local: bool = False
@@ -94,6 +97,14 @@ class Settings:
     cohere_api_base: str = DEFAULT_COHERE_API_BASE
     # DHEERA_<OPTION> as set, unchecked: only the server and the CLI use them (engine_options()).
     engine_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    provider_keys: Mapping[str, SecretStr] = field(default_factory=dict, repr=False, hash=False)  # a dict: not hashed
+
+    def __post_init__(self) -> None:
+        # cohere_api_key predates the provider registry: either spelling gives the other.
+        if self.cohere_api_key is not None and "cohere" not in self.provider_keys:
+            object.__setattr__(self, "provider_keys", {**self.provider_keys, "cohere": self.cohere_api_key})
+        elif self.cohere_api_key is None and "cohere" in self.provider_keys:
+            object.__setattr__(self, "cohere_api_key", self.provider_keys["cohere"])
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,7 +123,7 @@ class Settings:
             hf_token_file=_token_file(env),
             # huggingface_hub's own lookup (OIDC, Colab secrets) only where no token file is named.
             hf_token_lookup=not env.get("HF_TOKEN_PATH"),
-            cohere_api_key=_registered(_env_key(env, "CO_API_KEY", "COHERE_API_KEY")),
+            provider_keys=_provider_keys(env),
             cache_url=_cache_url(env),
             cache_ttl=_positive(env, "DHEERA_CACHE_TTL", int),
             cache_local=_flag(env, "DHEERA_CACHE_LOCAL"),
@@ -269,6 +280,12 @@ def hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
 def _xdg_cache(env: Mapping[str, str]) -> Path:
     xdg = env.get("XDG_CACHE_HOME")
     return Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+
+
+def _provider_keys(env: Mapping[str, str]) -> dict[str, SecretStr]:
+    """Each registered provider's key, from the first of its ``key_env`` variables that is set."""
+    keys = {p.name: _registered(_env_key(env, *p.key_env)) for p in registered_providers() if p.key_env}
+    return {name: key for name, key in keys.items() if key is not None}
 
 
 def _registered(value: str | None) -> SecretStr | None:

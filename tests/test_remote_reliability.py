@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from conftest import closed_port
 from dheera_local import AllBackendsFailedError, RemoteBackendError, Reranker, RetryPolicy
+from dheera_local._options import build_options
 from dheera_local.backends._http import Call, decode, retry_after_seconds
 from loopback import FAST, Fault, LoopbackServer, Servers, call
 
@@ -217,7 +217,7 @@ def test_timeouts_refusals_and_successes_log_no_token(tei: LoopbackServer, caplo
 def test_a_call_and_a_backend_repr_hide_the_token() -> None:
     assert TOKEN not in repr(Call("POST", "https://h/rerank", "TEI endpoint", "tei", token=TOKEN))
     reranker = fast()
-    backend = reranker.backends.tei("https://h", SecretStr(TOKEN), None)
+    backend = reranker.backends.endpoint("tei", build_options(api_base="https://h", api_key=TOKEN), model="m")
     assert TOKEN not in repr(backend) and TOKEN not in str(backend.describe())
 
 

@@ -83,7 +83,8 @@ def test_an_unreachable_info_is_asked_again_later(reranker: Reranker) -> None:
     down = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(dheera_local.AllBackendsFailedError):
         reranker.rerank(MODEL, QUERY, DOCS, api_base=down, cache=False)
-    assert reranker.backends.limits.get(down) is None  # no default pinned by a transient failure
+    limits = reranker.backends.provider_state["tei"]["limits"]
+    assert limits.get(down) is None  # no default pinned by a transient failure
 
 
 def test_parts_are_sent_concurrently_with_a_bound(servers: Servers, tiny_bert: Path, reranker: Reranker) -> None:

@@ -19,11 +19,12 @@ from pydantic import SecretStr
 from .._errors import RemoteBackendError
 from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy, asend, gather_bounded, run_concurrently, send
+from .base import PairsByQuery
 
 MAX_BODY_BYTES = 2_000_000
 
 
-class RemoteBackend:
+class RemoteBackend(PairsByQuery):
     """Base class of the HTTP backends. Subclasses set ``name`` and ``label`` and the three hooks."""
 
     name = "remote"

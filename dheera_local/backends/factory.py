@@ -1,28 +1,27 @@
 """Builds every backend a plan can hold, from shared resources: :class:`Backends`.
 
 One per :class:`~dheera_local.Reranker` (injectable: ``Reranker(backends=...)``). It owns the pooled
-HTTP clients and the endpoint limits its remote backends share (closed with it), and hands its
+HTTP clients and the state its remote backends share (closed with it), and hands its
 local backends the store of loaded models and the token counters (shared by the process unless
 given others). ``local_wrapper`` wraps each local backend it serves (the proxy's micro-batcher).
+Remote backends come from the provider registry (:mod:`dheera_local.providers`), through
+:meth:`Backends.endpoint` alone: it knows no provider by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from pydantic import SecretStr
+from typing import Any
 
 from .._chunking import SHARED_TOKENIZERS, TokenizerStore
 from .._discovery import LocalWeights
 from .._kernel_verdicts import VerdictStore
 from .._options import RerankOptions
 from .._settings import Settings
+from ..providers import Endpoint, get_provider
 from ._http import HttpClients, RetryPolicy
-from .base import Backend
-from .cohere import CohereBackend, is_cohere_api
-from .hf_hosted import HFHostedBackend, is_hf_host
+from .base import Backend, conform
 from .local import SHARED_MODELS, LocalBackend, ModelStore
-from .tei import EndpointLimits, TEIBackend
 
 
 class Backends:
@@ -53,7 +52,7 @@ class Backends:
         self.models = models if models is not None else SHARED_MODELS
         self.tokenizers = tokenizers if tokenizers is not None else SHARED_TOKENIZERS
         self.local_wrapper = local_wrapper
-        self.limits = EndpointLimits()
+        self.provider_state: dict[str, dict[str, Any]] = {}  # per provider: its Endpoint.state
 
     def local(
         self, weights: LocalWeights, *, max_length: int, device: str | None, dtype: str | None,
@@ -68,40 +67,21 @@ class Backends:
 
     def serve(self, local: LocalBackend) -> Backend:
         """What serves ``local``'s requests: itself, or what ``local_wrapper`` makes of it."""
-        return self.local_wrapper(local) if self.local_wrapper is not None else local
+        return conform(self.local_wrapper(local)) if self.local_wrapper is not None else local
 
     def endpoint(self, api_format: str, options: RerankOptions, *, model: str) -> Backend:
-        """The backend for ``options.api_base`` speaking ``api_format`` (one of ``API_FORMATS``), asked
-        for ``model`` (the name the endpoint knows; TEI serves one model and ignores it)."""
-        assert options.api_base is not None
-        base, key, timeout = options.api_base, options.api_key, options.timeout
-        if api_format == "tei":
-            return self.tei(base, key, timeout)
-        if api_format == "hf":  # a dedicated HF Inference Endpoint: api_base is its URL
-            return self.hf_hosted(model, key, timeout, url=base)
-        return self.cohere(base, model, key, timeout)
-
-    def tei(self, api_base: str, api_key: SecretStr | None, timeout: float | None) -> TEIBackend:
-        return TEIBackend(api_base, self.limits, self.clients, self.policy, api_key, timeout)
-
-    def hf_hosted(
-        self, hub_id: str, api_key: SecretStr | None, timeout: float | None, url: str | None = None
-    ) -> HFHostedBackend:
-        """Text classification for ``hub_id``: at ``url`` (an Inference Endpoint), else on HF hosted
-        inference (the settings' URL); the token is ``api_key``, else the settings' HF token when ``url`` is
-        HuggingFace's (:func:`is_hf_host`): another server is not sent a token it was not made for."""
-        url = url or f"{self.settings.hf_inference_url}/models/{hub_id}"
-        token = api_key
-        if token is None and is_hf_host(url, self.settings.hf_inference_url):
-            token = self.settings.hf_token  # the environment's token goes to HuggingFace only
-        return HFHostedBackend(url, self.clients, self.policy, token, timeout)
-
-    def cohere(self, api_base: str, model: str, api_key: SecretStr | None, timeout: float | None) -> CohereBackend:
-        """A Cohere-compatible endpoint. Without ``api_key``, Cohere's own API gets ``CO_API_KEY`` (as the
-        cohere SDK reads it); other servers get no key: the Cohere key is not theirs to see."""
-        if api_key is None and is_cohere_api(api_base):
-            api_key = self.settings.cohere_api_key
-        return CohereBackend(api_base, model, self.clients, self.policy, api_key, timeout)
+        """The backend of the provider registered as ``api_format`` (:mod:`dheera_local.providers`) for
+        ``options.api_base`` (None: the provider's default API), asked for ``model`` (the name the endpoint
+        knows). Without ``api_key``, the provider's key from the environment goes only where the provider
+        says it belongs."""
+        provider = get_provider(api_format)
+        api_base = options.api_base or provider.default_api_base
+        key = options.api_key
+        if key is None and provider.sends_env_key(api_base):
+            key = self.settings.provider_keys.get(provider.name)
+        state = self.provider_state.setdefault(provider.name, {})
+        endpoint = Endpoint(api_base, model, key, options.timeout, self.clients, self.policy, self.settings, state)
+        return conform(provider.make(endpoint))
 
     def close(self) -> None:
         """Close the sync HTTP client."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .._orchestrator import Reranker
 from .._settings import Settings
+from ..backends.base import PairsByQuery
 from ..backends.factory import Backends
 
 Scorer = Callable[[str, str], float]
@@ -30,7 +31,7 @@ def word_overlap(query: str, document: str) -> float:
     return float(sum(word in words for word in set(query.lower().split())))
 
 
-class FakeBackend:
+class FakeBackend(PairsByQuery):
     """Scores each ``(query, document)`` pair with ``score`` and records the calls in ``calls``."""
 
     name = "fake"
@@ -55,19 +56,14 @@ class FakeBackend:
 
 
 class FakeBackends(Backends):
-    """Backends whose every remote endpoint (HF hosted, TEI, Cohere-compatible) is one :class:`FakeBackend`."""
+    """Backends whose every remote endpoint, of any registered provider (:mod:`dheera_local.providers`),
+    is one :class:`FakeBackend`: every remote backend is made by :meth:`Backends.endpoint`."""
 
     def __init__(self, backend: FakeBackend, settings: Settings) -> None:
         super().__init__(settings)
         self.fake = backend
 
-    def tei(self, *args: object, **kwargs: object) -> FakeBackend:  # type: ignore[override]
-        return self.fake
-
-    def hf_hosted(self, *args: object, **kwargs: object) -> FakeBackend:  # type: ignore[override]
-        return self.fake
-
-    def cohere(self, *args: object, **kwargs: object) -> FakeBackend:  # type: ignore[override]
+    def endpoint(self, *args: object, **kwargs: object) -> FakeBackend:  # type: ignore[override]
         return self.fake
 
 
