@@ -22,6 +22,7 @@ _EXPORTS = {
     "ConfigError": "._errors",
     "DheeraError": "._errors",
     "Endpoint": ".providers",
+    "HttpClients": ".backends._http",
     "InvalidRequestError": "._errors",
     "LocalBackend": ".backends.local",
     "LocalBackendError": "._errors",
@@ -72,7 +73,7 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from ._runtime import close_all
     from ._selector import Plan
     from ._settings import Settings
-    from .backends._http import RetryPolicy
+    from .backends._http import HttpClients, RetryPolicy
     from .backends.base import Backend
     from .backends.factory import Backends
     from .backends.local import LocalBackend
@@ -106,6 +107,7 @@ __all__ = [
     "ConfigError",
     "DheeraError",
     "Endpoint",
+    "HttpClients",
     "InvalidRequestError",
     "LocalBackend",
     "LocalBackendError",

@@ -3,6 +3,7 @@ public names only, and a strictly type-checked user script passes mypy."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import importlib.util
@@ -31,9 +32,10 @@ ADAPTERS = {
     "dheera_local.integrations.llama_index": "DheeraRerank",
 }
 # Exported so that a user can name them (Reranker's parameters, plan()'s answer, run()'s request), but their own
-# methods and fields are the engine's working parts (loaded models, pooled clients, open caches), not a contract:
+# methods and fields are the engine's working parts (loaded models, pooled clients, open caches), not a contract
+# (HttpClients: what a provider's Endpoint hands it, to pass on to the backend it makes):
 # the walk does not descend into them.
-HANDLES = {"Backends", "CacheStore", "LocalBackend", "Plan", "RedisCacheStore", "RerankRequest"}
+HANDLES = {"Backends", "CacheStore", "HttpClients", "LocalBackend", "Plan", "RedisCacheStore", "RerankRequest"}
 
 
 def _exported() -> dict[str, set[int]]:
@@ -81,12 +83,28 @@ def _annotated(label: str, obj: object) -> Iterator[tuple[str, object]]:
                 yield f"{label}.{name}", member
 
 
+def _typing_only_names(obj: object) -> dict[str, object]:
+    """The names ``obj``'s module imports under ``if TYPE_CHECKING:`` (what mypy, and a user's
+    ``get_type_hints`` with that namespace, resolve its annotations with), imported now."""
+    module = sys.modules.get(getattr(obj, "__module__", ""), None)
+    try:
+        tree = ast.parse(inspect.getsource(module)) if module is not None else None
+    except (OSError, TypeError):
+        return {}
+    names: dict[str, object] = {"__name__": module.__name__, "__package__": module.__package__}
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            exec(compile(ast.Module(body=node.body, type_ignores=[]), module.__name__, "exec"), names)
+    return names
+
+
 def _hints(obj: object) -> dict[str, object]:
+    localns = _typing_only_names(obj)
     if inspect.isclass(obj):  # its own annotations only (inherited ones are walked with their owner)
-        hints = typing.get_type_hints(obj)
+        hints = typing.get_type_hints(obj, localns=localns)
         own = obj.__dict__.get("__annotations__", {})
         return {name: hint for name, hint in hints.items() if name in own and not name.startswith("_")}
-    return typing.get_type_hints(obj)
+    return typing.get_type_hints(obj, localns=localns)
 
 
 def _types(hint: object) -> Iterator[type]:
@@ -106,7 +124,7 @@ def _leaks() -> dict[str, list[str]]:
         for label, obj in _annotated(root_label, root):
             try:
                 hints = _hints(obj)
-            except (NameError, TypeError) as exc:  # a user's get_type_hints would fail the same way
+            except (NameError, TypeError) as exc:  # a name neither the module nor its TYPE_CHECKING block imports
                 leaks.setdefault(f"unresolvable: {exc}", []).append(label)
                 continue
             for hint in hints.values():
