@@ -18,10 +18,11 @@ from transformers import AutoTokenizer
 
 import dheera_local
 from conftest import TINY_BERT_ID
-from dheera_local import Reranker
+from dheera_local import OverloadedError, Reranker
 from dheera_local.backends._http import HttpClients
 from dheera_local.backends.base import Logits, total_tokens
 from dheera_local.backends.cohere import CohereBackend
+from dheera_local.server.keys import KeyPolicy
 from loopback import FAST, Servers
 from server_harness import MASTER_KEY, LiveServer
 
@@ -212,6 +213,26 @@ def test_tpm_answers_429_with_retry_after_past_the_budget_and_spares_other_keys(
     metrics = server.get("/metrics").text
     seen = [message, refused.text, metrics, caplog.text, *(a.text for a in answers)]
     assert not any(METERED in text or FREE in text for text in seen)
+
+
+def test_tpm_retry_after_is_when_enough_tokens_age_out() -> None:
+    now = [0.0]
+    policy = KeyPolicy("team", tpm=10)
+    policy.admit(lambda: now[0])
+    policy.charge(6, lambda: now[0])
+    now[0] = 10.0
+    policy.admit(lambda: now[0])  # 6 < 10: admitted, though this one will cross the limit
+    policy.charge(6, lambda: now[0])
+    now[0] = 20.0
+    with pytest.raises(OverloadedError) as refused:
+        policy.admit(lambda: now[0])
+    assert refused.value.retry_after == 40  # the first 6 age out at 60 s, leaving 6 < 10
+    assert "over its limit of 10 tokens a minute (12 scored in the last 60s)" in str(refused.value)
+    now[0] = 60.0
+    policy.admit(lambda: now[0])
+    policy.charge(None, lambda: now[0])  # unknown (a remote without usage): nothing
+    policy.charge(0, lambda: now[0])
+    assert KeyPolicy("free").admit() is None  # no limits: nothing kept
 
 
 def test_metrics_count_tokens_per_key_name(server: LiveServer, tiny_bert: Path) -> None:
