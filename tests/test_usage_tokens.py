@@ -232,7 +232,10 @@ def test_tpm_retry_after_is_when_enough_tokens_age_out() -> None:
     policy.admit(lambda: now[0])
     policy.charge(None, lambda: now[0])  # unknown (a remote without usage): nothing
     policy.charge(0, lambda: now[0])
-    assert KeyPolicy("free").admit() is None  # no limits: nothing kept
+    unlimited = KeyPolicy("free")
+    unlimited.admit()
+    unlimited.charge(10**9)  # no tpm: nothing kept, nothing refused
+    unlimited.admit()
 
 
 def test_metrics_count_tokens_per_key_name(server: LiveServer, tiny_bert: Path) -> None:
