@@ -29,11 +29,11 @@ from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
 from ._model_ref import parse_model
 from ._options import RerankOptions, build_options
 from ._request import RerankRequest, build_request
-from ._response import BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy
+from ._response import RerankMeta, RerankResponse, RerankResult, ServedBy
 from ._selector import DEFAULT_MAX_LENGTH, Plan, Selector
 from ._settings import Settings
 from .backends._http import HttpClients, RetryPolicy
-from .backends.base import Backend
+from .backends.base import Backend, tokens_of
 from .backends.factory import Backends
 from .backends.local import LocalBackend
 
@@ -57,6 +57,7 @@ class PairScores:
 
     logits: list[float]
     served_by: ServedBy
+    tokens: int | None = None  # scored by a model (cache hits cost none); None: a remote did not say
 
     @property
     def scores(self) -> list[float]:
@@ -103,6 +104,7 @@ class _Work:
     keyed_index: int | None = None
     keyed_expire: float | None = None
     cache_hits: int = 0
+    tokens: int | None = 0  # what the misses' backend read (None: it did not say)
     backend: Backend | None = None
     failures: list[tuple[str, BackendError]] = field(default_factory=list)
 
@@ -250,7 +252,7 @@ class Reranker:
             return PairScores([], ServedBy(backend="none", model=ref.name))
         work = self._lookup(self.selector.plan(ref, opts), opts, pairs)
         self._fill(work)
-        return PairScores([work.logits[pair] for pair in pairs], work.served_by())
+        return PairScores([work.logits[pair] for pair in pairs], work.served_by(), work.tokens)
 
     async def ascore_pairs(self, model: str, pairs: list[Pair], **options: Any) -> PairScores:
         """The async twin of :meth:`score_pairs`."""
@@ -259,7 +261,7 @@ class Reranker:
             return PairScores([], ServedBy(backend="none", model=ref.name))
         work = await asyncio.to_thread(self._plan_and_lookup, ref, opts, pairs)
         await self._afill(work)
-        return PairScores([work.logits[pair] for pair in pairs], work.served_by())
+        return PairScores([work.logits[pair] for pair in pairs], work.served_by(), work.tokens)
 
     def _plan_and_lookup(self, ref: Any, options: RerankOptions, pairs: list[Pair]) -> _Work:
         return self._lookup(self.selector.plan(ref, options), options, pairs)
@@ -301,7 +303,7 @@ class Reranker:
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue
-            work.backend = backend
+            work.backend, work.tokens = backend, tokens_of(logits)
             work.store(index, misses, logits)
             return
         raise _all_failed(work, self.settings.hub_cache)
@@ -316,7 +318,7 @@ class Reranker:
             except BackendError as exc:
                 _record_failure(work, backend, exc)
                 continue
-            work.backend = backend
+            work.backend, work.tokens = backend, tokens_of(logits)
             await asyncio.to_thread(work.store, index, misses, logits)
             return
         raise _all_failed(work, self.settings.hub_cache)
@@ -398,7 +400,7 @@ def _response(request: RerankRequest, work: _Work, windows: list[list[str]]) -> 
         for index, score in scored
     ]
     units = search_units(sum(len(document) for document in windows))
-    meta = RerankMeta(billed_units=BilledUnits(search_units=units), dheera_local=work.served_by())
+    meta = RerankMeta.usage(units, work.tokens, work.served_by())
     return RerankResponse(results=results, id=str(uuid.uuid4()), meta=meta)
 
 
@@ -409,4 +411,4 @@ def search_units(windows: int) -> int:
 
 def _empty_response(request: RerankRequest) -> RerankResponse:
     served = ServedBy(backend="none", model=request.model.name)
-    return RerankResponse(results=[], id=str(uuid.uuid4()), meta=RerankMeta(dheera_local=served))
+    return RerankResponse(results=[], id=str(uuid.uuid4()), meta=RerankMeta.usage(0, 0, served))

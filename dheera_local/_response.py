@@ -1,9 +1,15 @@
 """The Cohere-style rerank response, as the seed docs and LiteLLM users expect it.
 
 ``model_dump()`` gives ``{"results": [{"index", "relevance_score"[, "document"]}], "id",
-"meta": {"api_version", "billed_units", "dheera_local"}}``. ``document`` is omitted (never null)
+"meta": {"api_version", "billed_units", "tokens", "dheera_local"}}``. ``document`` is omitted (never null)
 unless documents were asked for; ``meta.dheera_local`` is our extra: which backend served the
 request and how many scores came from the cache. ``resp["results"]`` works as in LiteLLM.
+
+Usage: ``meta.tokens.input_tokens`` (Cohere v2's field) and ``meta.billed_units.total_tokens`` (what
+LiteLLM's per-token rerank pricing reads) are the tokens a model scored for this request: each
+(query, document window) pair it ran, as its tokenizer encoded it (special tokens in, padding out).
+Cache hits and repeated pairs cost none. Both are omitted when a remote that served the request did
+not report its usage: an unknown count is left out, never guessed and never null.
 """
 
 from __future__ import annotations
@@ -35,6 +41,21 @@ class ApiVersion(_ItemAccess, BaseModel):
 
 class BilledUnits(_ItemAccess, BaseModel):
     search_units: int = 0
+    total_tokens: int | None = Field(default=None, description="tokens scored; omitted when not known")
+
+    @model_serializer(mode="wrap")
+    def _omit_unknown(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("total_tokens") is None:
+            data.pop("total_tokens", None)
+        return data
+
+
+class Tokens(_ItemAccess, BaseModel):
+    """Cohere v2's ``meta.tokens``: a reranker reads input and writes none."""
+
+    input_tokens: int
+    output_tokens: int = 0
 
 
 class ServedBy(_ItemAccess, BaseModel):
@@ -55,14 +76,25 @@ class RerankMeta(_ItemAccess, BaseModel):
 
     api_version: ApiVersion = Field(default_factory=ApiVersion)
     billed_units: BilledUnits = Field(default_factory=BilledUnits)
+    tokens: Tokens | None = None
     dheera_local: ServedBy | None = None
 
     @model_serializer(mode="wrap")
     def _omit_empty(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        if data.get("dheera_local") is None:
-            data.pop("dheera_local", None)
+        for name in ("tokens", "dheera_local"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
+
+    @classmethod
+    def usage(cls, search_units: int, tokens: int | None, served_by: ServedBy | None) -> RerankMeta:
+        """The meta of an answer that cost ``search_units`` and ``tokens`` (None: not known)."""
+        return cls(
+            billed_units=BilledUnits(search_units=search_units, total_tokens=tokens),
+            tokens=Tokens(input_tokens=tokens) if tokens is not None else None,
+            dheera_local=served_by,
+        )
 
 
 class RerankResult(_ItemAccess, BaseModel):
@@ -89,6 +121,11 @@ class RerankResponse(_ItemAccess, BaseModel):
     def backend(self) -> str | None:
         """Which backend served the request (``cache`` when every score was cached)."""
         return self.meta.dheera_local.backend if self.meta.dheera_local else None
+
+    @property
+    def input_tokens(self) -> int | None:
+        """Tokens a model scored for this request (cache hits cost none); None when a remote did not say."""
+        return self.meta.tokens.input_tokens if self.meta.tokens is not None else None
 
     @property
     def cache_hits(self) -> int:

@@ -30,7 +30,8 @@ def test_rerank_documents_as_arguments() -> None:
     assert done.returncode == 0, done.stderr
     response = json.loads(done.stdout)
     assert len(response["results"]) == 2
-    assert response["meta"]["billed_units"] == {"search_units": 1}
+    tokens = response["meta"]["tokens"]["input_tokens"]  # the tokens scored (tests/test_usage_tokens.py)
+    assert tokens > 0 and response["meta"]["billed_units"] == {"search_units": 1, "total_tokens": tokens}
     assert "document" not in response["results"][0]
 
 

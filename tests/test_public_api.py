@@ -59,7 +59,8 @@ def test_seed_sdk_example_runs_unchanged_and_matches_the_response_shape() -> Non
     scores = [r["relevance_score"] for r in data["results"]]
     assert scores == sorted(scores, reverse=True)
     assert data["meta"]["api_version"] == {"version": "2", "is_experimental": False}
-    assert data["meta"]["billed_units"] == {"search_units": 1}
+    tokens = data["meta"]["tokens"]["input_tokens"]  # the tokens scored (tests/test_usage_tokens.py)
+    assert tokens > 0 and data["meta"]["billed_units"] == {"search_units": 1, "total_tokens": tokens}
     assert data["meta"]["dheera_local"]["backend"] == "local"
     assert json.loads(response.model_dump_json()) == data
 

@@ -110,7 +110,8 @@ def test_the_seed_requests_example(server: LiveServer, tiny_xlmr: Path) -> None:
     assert list(body) == ["results", "id", "meta"]
     assert uuid.UUID(body["id"]).version == 4
     assert body["meta"]["api_version"] == {"version": "2", "is_experimental": False}
-    assert body["meta"]["billed_units"] == {"search_units": 1}
+    tokens = body["meta"]["tokens"]["input_tokens"]  # the tokens scored (tests/test_usage_tokens.py)
+    assert tokens > 0 and body["meta"]["billed_units"] == {"search_units": 1, "total_tokens": tokens}
     assert_cohere_ranking(body, tiny_xlmr, SEED_QUERY, SEED_DOCUMENTS, 3)
     assert response.headers["x-dheera-backend"] == "local"
     assert response.headers["x-dheera-cache-hits"] == "0"

@@ -37,6 +37,7 @@ from .._hardware import dtype_name
 from .._llm_templates import LlmTemplate
 from .._token_budget import plan_batches
 from ._torch_model import no_weight_loading_bar
+from .base import Logits
 
 logger = logging.getLogger("dheera_local")
 
@@ -127,7 +128,7 @@ class LlmModel:
         """Raw scores for ``pairs`` in input order (fp32): the gemma ``Yes`` logit, Qwen3's
         logit(yes) - logit(no), a conversion's classifier logit."""
         if not pairs:
-            return []
+            return Logits(pair_tokens=[])
         with self._tokenizer_lock:
             encoded = self.template.encode(self.tokenizer, pairs, max_length, self.template.text(prompt))
         out = [0.0] * len(pairs)
@@ -135,7 +136,8 @@ class LlmModel:
             for group in self._groups(pairs, encoded):
                 for index, value in self._score_group(encoded, group, batch_tokens):
                     out[index] = value
-        return out
+        # Each pair's whole prompt, as the model reads it (a shared prefix computed once still counts per pair).
+        return Logits(out, pair_tokens=[len(ids) for ids in encoded])
 
     def _groups(self, pairs: list[tuple[str, str]], encoded: list[list[int]]) -> list[_Group]:
         """Pairs by query, with their shared prefix; pairs that share too little go together, unprefixed."""

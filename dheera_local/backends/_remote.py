@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from .._errors import RemoteBackendError
 from .._secrets import quote
 from ._http import Call, HttpClients, RetryPolicy, asend, gather_bounded, run_concurrently, send
-from .base import PairsByQuery
+from .base import Logits, PairsByQuery, total_tokens
 
 MAX_BODY_BYTES = 2_000_000
 
@@ -56,6 +56,10 @@ class RemoteBackend(PairsByQuery):
         """Raw logits, in order, from a decoded response body for ``count`` texts."""
         raise NotImplementedError
 
+    def usage(self, body: Any) -> int | None:
+        """The input tokens the endpoint says it scored, from a decoded answer (None: it does not say)."""
+        return None
+
     def describe(self) -> dict[str, str]:
         raise NotImplementedError
 
@@ -82,7 +86,7 @@ class RemoteBackend(PairsByQuery):
 
     def score(self, query: str, texts: list[str]) -> list[float]:
         if not texts:
-            return []
+            return Logits(tokens=0)
         self.prepare()
         groups = self.split(query, texts)
         parts = run_concurrently(
@@ -93,7 +97,7 @@ class RemoteBackend(PairsByQuery):
 
     async def ascore(self, query: str, texts: list[str]) -> list[float]:
         if not texts:
-            return []
+            return Logits(tokens=0)
         await self.aprepare()
         groups = self.split(query, texts)
         parts = await gather_bounded(
@@ -101,23 +105,27 @@ class RemoteBackend(PairsByQuery):
         )
         return _merge(len(texts), groups, parts)
 
-    def _score_part(self, query: str, texts: list[str]) -> list[float]:
+    def _score_part(self, query: str, texts: list[str]) -> Logits:
         try:
-            return self.parse(send(self.clients, self.call_for(query, texts), self.policy), len(texts))
+            return self._read(send(self.clients, self.call_for(query, texts), self.policy), len(texts))
         except RemoteBackendError as exc:
             if not self._too_large(exc, texts):
                 raise
             half = len(texts) // 2
-            return self._score_part(query, texts[:half]) + self._score_part(query, texts[half:])
+            return _joined(self._score_part(query, texts[:half]), self._score_part(query, texts[half:]))
 
-    async def _ascore_part(self, query: str, texts: list[str]) -> list[float]:
+    async def _ascore_part(self, query: str, texts: list[str]) -> Logits:
         try:
-            return self.parse(await asend(self.clients, self.call_for(query, texts), self.policy), len(texts))
+            return self._read(await asend(self.clients, self.call_for(query, texts), self.policy), len(texts))
         except RemoteBackendError as exc:
             if not self._too_large(exc, texts):
                 raise
             half = len(texts) // 2
-            return await self._ascore_part(query, texts[:half]) + await self._ascore_part(query, texts[half:])
+            first = await self._ascore_part(query, texts[:half])
+            return _joined(first, await self._ascore_part(query, texts[half:]))
+
+    def _read(self, body: Any, count: int) -> Logits:
+        return Logits(self.parse(body, count), tokens=self.usage(body))
 
     def _too_large(self, exc: RemoteBackendError, texts: list[str]) -> bool:
         # TEI answers 413 (<= 1.8) or 422 (>= 1.9) when a batch exceeds its limits.
@@ -164,12 +172,26 @@ def group_by_limits(
     return groups
 
 
-def _merge(count: int, groups: list[list[int]], parts: list[list[float]]) -> list[float]:
+def _merge(count: int, groups: list[list[int]], parts: list[Logits]) -> Logits:
     out = [math.nan] * count
     for group, scores in zip(groups, parts, strict=True):
         for index, score in zip(group, scores, strict=True):
             out[index] = score
-    return out
+    return Logits(out, tokens=total_tokens(parts))
+
+
+def _joined(first: Logits, second: Logits) -> Logits:
+    return Logits([*first, *second], tokens=total_tokens([first, second]))
+
+
+def usage_count(value: Any) -> int | None:
+    """A token count from an answer's usage field: a non-negative whole number (``12`` or ``12.0``), else None.
+    Usage only informs: a missing or odd one never fails the scores it came with."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if value >= 0 else None
 
 
 def as_float(value: Any) -> float | None:

@@ -32,6 +32,7 @@ from .._int8 import quantize_encoder
 from .._kernel_verdicts import VerdictStore, probe_key
 from .._text_bound import prefix_for_tokens
 from .._token_budget import plan_batches
+from .base import Logits
 
 logger = logging.getLogger("dheera_local")
 
@@ -163,9 +164,10 @@ class LocalModel:
         return self._pad(encoded, list(range(len(texts))))
 
     def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_tokens: int) -> list[float]:
-        """Raw logits for ``pairs`` in input order (fp32, whatever the weights' precision)."""
+        """Raw logits for ``pairs`` in input order (fp32, whatever the weights' precision), as a
+        :class:`~dheera_local.backends.base.Logits` that knows each pair's tokens."""
         if not pairs:
-            return []
+            return Logits(pair_tokens=[])
         encoded = self._tokenize(pairs, max_length)
         # Planned at their padded width, so the token budget counts the padding it will hold.
         lengths = [self._padded_width(len(ids), max_length) for ids in encoded["input_ids"]]
@@ -190,7 +192,8 @@ class LocalModel:
                     continue
                 for index, value in zip(batch, values, strict=True):
                     out[index] = value
-        return out
+        # The tokens each pair was scored on, from the encoding made above (no second tokenization).
+        return Logits(out, pair_tokens=[len(ids) for ids in encoded["input_ids"]])
 
     def _tokenize(self, pairs: list[tuple[str, str]], max_length: int) -> dict[str, list[list[int]]]:
         # "longest_first" truncation, as CrossEncoder.predict does, so scores match it exactly.

@@ -3,7 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
+
+
+class Logits(list[float]):
+    """Raw logits in input order, and the tokens the backend read to compute them, when it knows.
+
+    A list, so every backend may keep answering plain lists: the tokens ride along where known.
+    ``pair_tokens``: one count per pair (a local model: the pair's input ids after truncation, special
+    tokens included, no padding); ``tokens``: in all (their sum, or the usage a remote reported);
+    None: not known (a remote whose answer carries no usage).
+    """
+
+    def __init__(
+        self, values: Iterable[float] = (), *, tokens: int | None = None, pair_tokens: list[int] | None = None
+    ) -> None:
+        super().__init__(values)
+        self.pair_tokens = pair_tokens
+        self.tokens = sum(pair_tokens) if pair_tokens is not None else tokens
+
+    def part(self, start: int, stop: int) -> list[float]:
+        """Pairs ``start:stop``, with their tokens when they are known per pair (a micro-batcher's slice)."""
+        if self.pair_tokens is None:
+            return list(self[start:stop])
+        return Logits(self[start:stop], pair_tokens=self.pair_tokens[start:stop])
+
+
+def tokens_of(logits: list[float]) -> int | None:
+    """The tokens behind ``logits`` (a :class:`Logits`), None when the backend did not say."""
+    return getattr(logits, "tokens", None)
+
+
+def total_tokens(parts: Iterable[list[float]]) -> int | None:
+    """The sum of the parts' tokens; None as soon as one part's are unknown."""
+    total = 0
+    for part in parts:
+        tokens = tokens_of(part)
+        if tokens is None:
+            return None
+        total += tokens
+    return total
 
 
 @runtime_checkable
@@ -54,20 +94,23 @@ class PairsByQuery:
         raise NotImplementedError
 
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
-        out = [0.0] * len(pairs)
-        for query, indices in _by_query(pairs).items():
-            for index, logit in zip(indices, self.score(query, [pairs[i][1] for i in indices]), strict=True):
-                out[index] = logit
-        return out
+        groups = _by_query(pairs)
+        results = [self.score(query, [pairs[i][1] for i in indices]) for query, indices in groups.items()]
+        return _merged(len(pairs), groups, results)
 
     async def ascore_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
         groups = _by_query(pairs)
         results = await asyncio.gather(*(self.ascore(q, [pairs[i][1] for i in idx]) for q, idx in groups.items()))
-        out = [0.0] * len(pairs)
-        for indices, logits in zip(groups.values(), results, strict=True):
-            for index, logit in zip(indices, logits, strict=True):
-                out[index] = logit
-        return out
+        return _merged(len(pairs), groups, list(results))
+
+
+def _merged(count: int, groups: dict[str, list[int]], results: list[list[float]]) -> Logits:
+    """Each query's logits back in pair order, with the tokens of them all (None if one is unknown)."""
+    out = [0.0] * count
+    for indices, logits in zip(groups.values(), results, strict=True):
+        for index, logit in zip(indices, logits, strict=True):
+            out[index] = logit
+    return Logits(out, tokens=total_tokens(results))
 
 
 class _Conformed(PairsByQuery):

@@ -3,6 +3,9 @@
 ``POST {api_base}/rerank`` with the Cohere body; the answer's ``results[]`` (Cohere) or
 ``data[]`` (Voyage) carry ``index`` and ``relevance_score``. Scores in [0, 1] are turned back
 into logits (the inverse sigmoid), so the orchestrator's sigmoid gives the server's score back.
+The tokens it scored are read where the answer says: ``meta.tokens.input_tokens`` (Cohere v2's
+shape, another dheera-local), ``meta.billed_units.total_tokens`` (LiteLLM's), ``usage.total_tokens``
+(vLLM, Jina, Voyage, infinity); Cohere's own API reports only search units, so there it is unknown.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from ._http import Call, HttpClients, RetryPolicy
-from ._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order
+from ._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order, usage_count
 
 DOCUMENTS_PER_REQUEST = 1000
 
@@ -78,3 +81,19 @@ class CohereBackend(RemoteBackend):
         refuse = functools.partial(self.unexpected, self.url)
         scores = scores_in_order(results, count, "relevance_score", refuse, kind="result", of="documents")
         return [probability_to_logit(score) for score in scores]
+
+    def usage(self, body: Any) -> int | None:
+        meta, usage = _field(body, "meta"), _field(body, "usage")
+        for found in (
+            _field(_field(meta, "tokens"), "input_tokens"),
+            _field(_field(meta, "billed_units"), "total_tokens"),
+            _field(usage, "total_tokens"),
+        ):
+            count = usage_count(found)
+            if count is not None:
+                return count
+        return None
+
+
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None

@@ -55,7 +55,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     open_paths = PUBLIC_PATHS if general.metrics_require_auth else PUBLIC_PATHS | {"/metrics"}
     master_key: MasterKey | KeyRing | None = MasterKey(key.get_secret_value()) if key is not None else None
     if general.api_keys:
-        extra = [(k.key.get_secret_value(), k.name, k.models, k.rpm) for k in general.api_keys]
+        extra = [(k.key.get_secret_value(), k.name, k.models, k.rpm, k.tpm) for k in general.api_keys]
         master_key = key_ring(key.get_secret_value() if key is not None else None, extra)
     app.add_middleware(BodyLimit, max_bytes=general.max_request_body_bytes)
     app.add_middleware(AuthGate, master_key=master_key, public=open_paths)

@@ -129,6 +129,7 @@ class ApiKey(_Section):
     name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
     models: list[str] | None = None
     rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0, description="tokens scored a minute (meta.tokens); past it: 429")
 
     @field_validator("key")
     @classmethod
@@ -143,7 +144,7 @@ class GeneralSettings(_Section):
     """Server-wide settings: auth, cache, limits, micro-batching."""
 
     master_key: SecretStr | None = None
-    api_keys: list[ApiKey] = Field(default_factory=list, description="more keys: name, models, rpm")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="more keys: name, models, rpm, tpm")
     cache: bool = True
     cache_dir: Path | None = None
     max_documents_per_request: int = Field(default=1000, ge=1)

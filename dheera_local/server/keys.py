@@ -1,4 +1,4 @@
-"""Several API keys, each with a name, the models it may call and a requests-per-minute limit.
+"""Several API keys, each with a name, the models it may call, and requests- and tokens-per-minute limits.
 
 ::
 
@@ -9,11 +9,18 @@
           name: team-a                        # the label in /metrics and the logs (default: key-1, key-2, ...)
           models: [bge-reranker-base]         # default: every model
           rpm: 600                            # past it: 429 with Retry-After
+          tpm: 200000                         # tokens scored a minute; past it: 429 with Retry-After
 
 A presented key is compared with every configured one in constant time (digests of equal length,
 ``secrets.compare_digest``, no early exit), so timing reveals neither the key nor which one matched.
 Only digests are kept; a key's name, never the key, reaches metrics and logs. The request's key is a
 context variable: the auth middleware sets it before the body is read, the service checks the model.
+
+``tpm`` counts what a request cost once it is answered (its ``meta.tokens.input_tokens``: the tokens a
+model scored, cache hits free), as LiteLLM's limiter charges tokens after the call: a request is admitted
+while the key's last minute holds fewer than ``tpm`` tokens, so the request that crosses the limit is
+served and the ones after it get 429 until enough of the minute's tokens have aged out. A request whose
+tokens are unknown (a remote that does not report usage) costs nothing against it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._errors import OverloadedError
 from .errors import AuthenticationError
@@ -41,15 +49,22 @@ class KeyPolicy:
     name: str
     models: frozenset[str] | None = None
     rpm: int | None = None
+    tpm: int | None = None
     _starts: deque[float] = field(default_factory=deque, repr=False)
+    _spent: deque[tuple[float, int]] = field(default_factory=deque, repr=False)  # (when, tokens) charged
+    _spent_total: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def admit(self, clock: Callable[[], float] = time.monotonic) -> None:
-        """Count one request; OverloadedError (429, Retry-After) past ``rpm`` in the last minute."""
-        if self.rpm is None:
+        """Count one request; OverloadedError (429, Retry-After) past ``rpm`` requests, or with ``tpm``
+        tokens or more already scored, in the last minute."""
+        if self.rpm is None and self.tpm is None:
             return
         now = clock()
         with self._lock:
+            self._check_tokens(now)
+            if self.rpm is None:
+                return
             while self._starts and self._starts[0] <= now - WINDOW:
                 self._starts.popleft()
             if len(self._starts) >= self.rpm:
@@ -59,6 +74,35 @@ class KeyPolicy:
                     retry_after=max(wait, 1),
                 )
             self._starts.append(now)
+
+    def charge(self, tokens: int | None, clock: Callable[[], float] = time.monotonic) -> None:
+        """Count the tokens an answered request scored against ``tpm`` (None, unknown: nothing)."""
+        if self.tpm is None or not tokens:
+            return
+        with self._lock:
+            self._spent.append((clock(), tokens))
+            self._spent_total += tokens
+
+    def _check_tokens(self, now: float) -> None:
+        """OverloadedError while the last minute's tokens reach ``tpm``; its lock is held."""
+        if self.tpm is None:
+            return
+        while self._spent and self._spent[0][0] <= now - WINDOW:
+            self._spent_total -= self._spent.popleft()[1]
+        if self._spent_total < self.tpm:
+            return
+        # Retry when enough of the oldest charges have aged out to bring the minute under the limit.
+        left, frees_at = self._spent_total, now
+        for when, tokens in self._spent:
+            left, frees_at = left - tokens, when + WINDOW
+            if left < self.tpm:
+                break
+        wait = math.ceil(frees_at - now)
+        raise OverloadedError(
+            f"API key {self.name!r} is over its limit of {self.tpm} tokens a minute "
+            f"({self._spent_total} scored in the last {WINDOW:.0f}s); retry in {max(wait, 1)}s",
+            retry_after=max(wait, 1),
+        )
 
     def check_model(self, model_name: str) -> None:
         if self.models is not None and model_name not in self.models:
@@ -97,11 +141,11 @@ class KeyRing:
         return self.identify(candidate) is not None
 
 
-def key_ring(
-    master_key: str | None, api_keys: list[tuple[str, str | None, list[str] | None, int | None]]
-) -> KeyRing | None:
-    """The ring for a config's keys (``(key, name, models, rpm)`` each); None when there is no key (auth off)."""
+def key_ring(master_key: str | None, api_keys: list[tuple[Any, ...]]) -> KeyRing | None:
+    """The ring for a config's keys (``(key, name, models, rpm[, tpm])`` each); None when there is no key
+    (auth off)."""
     keys = [(master_key, KeyPolicy("master"))] if master_key is not None else []
-    for index, (key, name, models, rpm) in enumerate(api_keys, start=1):
-        keys.append((key, KeyPolicy(name or f"key-{index}", frozenset(models) if models else None, rpm)))
+    for index, (key, name, models, rpm, *tpm) in enumerate(api_keys, start=1):
+        allowed = frozenset(models) if models else None
+        keys.append((key, KeyPolicy(name or f"key-{index}", allowed, rpm, tpm[0] if tpm else None)))
     return KeyRing(keys) if keys else None

@@ -6,12 +6,17 @@ metric                                          what
 dheera_requests_total{route,model,status}       requests answered (429s and every error included)
 dheera_request_duration_seconds{route,model}    time to answer (histogram)
 dheera_pairs_scored_total{model,backend}        (query, document) pairs a backend scored (not the cached)
+dheera_tokens_scored_total{model,backend}       tokens those pairs held (``meta.tokens``; unknown: not counted)
 dheera_cache_hits_total{model}                  pairs answered from the score cache
 dheera_fallbacks_total{model,backend}           backends that failed before another served
 dheera_queue_pairs{model}                       pairs waiting for a local model's micro-batcher
 dheera_running_pairs{model}                     pairs in the batcher's current forward passes
 dheera_batch_pairs / dheera_batch_requests      histograms: pairs and requests merged per batch step
 dheera_batch_rejected_total{model}              requests the full queue refused (answered 429)
+dheera_key_requests_total{key,status}           requests per API key name (general_settings.api_keys)
+dheera_key_pairs_scored_total{key}              pairs scored for each key
+dheera_key_tokens_scored_total{key}             tokens scored for each key (what its ``tpm`` counts)
+dheera_key_cache_hits_total{key}                pairs answered from the cache for each key
 ==============================================  =========================================================
 
 ``model`` is the configured ``model_name`` (the batchers': ``hub id on device``, a model folder by its name,
@@ -52,6 +57,10 @@ class Metrics:
             "dheera_pairs_scored", "Pairs scored by a backend (cache hits excluded).", ["model", "backend"],
             registry=self.registry,
         )  # fmt: skip
+        self.tokens = Counter(
+            "dheera_tokens_scored", "Tokens of the pairs a backend scored (when it said).", ["model", "backend"],
+            registry=self.registry,
+        )  # fmt: skip
         self.cache_hits = Counter(
             "dheera_cache_hits", "Pairs answered from the cache.", ["model"], registry=self.registry
         )
@@ -65,6 +74,9 @@ class Metrics:
         self.key_pairs = Counter(
             "dheera_key_pairs_scored", "Pairs scored per API key name.", ["key"], registry=self.registry
         )
+        self.key_tokens = Counter(
+            "dheera_key_tokens_scored", "Tokens scored per API key name.", ["key"], registry=self.registry
+        )
         self.key_cache_hits = Counter(
             "dheera_key_cache_hits", "Pairs answered from the cache per API key name.", ["key"], registry=self.registry
         )
@@ -77,6 +89,8 @@ class Metrics:
         self.duration.labels(route, model).observe(seconds)
         if fields.get("scored"):
             self.pairs.labels(model, str(fields.get("backend"))).inc(fields["scored"])
+        if fields.get("tokens"):
+            self.tokens.labels(model, str(fields.get("backend"))).inc(fields["tokens"])
         if fields.get("cache_hits"):
             self.cache_hits.labels(model).inc(fields["cache_hits"])
         for backend in fields.get("fallbacks") or ():
@@ -85,6 +99,7 @@ class Metrics:
         if key:  # general_settings.api_keys: the key's name, never the key
             self.key_requests.labels(key, str(status)).inc()
             self.key_pairs.labels(key).inc(fields.get("scored") or 0)
+            self.key_tokens.labels(key).inc(fields.get("tokens") or 0)
             self.key_cache_hits.labels(key).inc(fields.get("cache_hits") or 0)
 
     def render(self) -> bytes:

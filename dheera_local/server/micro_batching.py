@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import BackendError, LocalBackendError, OverloadedError, ShuttingDownError
+from ..backends.base import Logits
 from ..backends.local import LocalBackend
 
 logger = logging.getLogger("dheera_local")
@@ -230,7 +231,7 @@ class MicroBatcher:
         self._record(jobs, len(merged), time.perf_counter() - started)
         offset = 0
         for job in jobs:
-            job.future.set_result(logits[offset : offset + len(job.pairs)])
+            job.future.set_result(_slice(logits, offset, offset + len(job.pairs)))
             offset += len(job.pairs)
 
     def _record(self, jobs: list[_Job], pairs: int, seconds: float) -> None:
@@ -264,6 +265,11 @@ class MicroBatcher:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(LocalBackendError(f"{self.label}: {reason}"))
+
+
+def _slice(logits: list[float], start: int, stop: int) -> list[float]:
+    """One job's logits, with the tokens of its own pairs when the model counted them per pair."""
+    return logits.part(start, stop) if isinstance(logits, Logits) else logits[start:stop]
 
 
 def public_id(model_id: str) -> str:

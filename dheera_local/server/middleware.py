@@ -32,7 +32,7 @@ logger = logging.getLogger("dheera_local.server")
 
 REQUEST_ID_HEADER = "x-request-id"
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-LOG_FIELDS = ("model", "backend", "cache_hits", "documents")
+LOG_FIELDS = ("model", "backend", "cache_hits", "documents", "tokens")
 # A route's field whose attribute name differs from its own: "key_name" says it is never the key itself.
 _RENAMED = {"key": "key_name"}
 

@@ -164,8 +164,12 @@ def _respond(request: Request, answer: Answer) -> JSONResponse:
             headers["x-dheera-fallbacks"] = ",".join(served.fallbacks)
         log.update(backend=served.backend, cache_hits=served.cache_hits, scored=served.scored)
         log["fallbacks"] = served.fallbacks
+    if answer.tokens is not None:  # also for TEI-format answers, which have no meta
+        headers["x-dheera-tokens"] = str(answer.tokens)
+        log["tokens"] = answer.tokens
     policy = CURRENT_KEY.get()
     if policy is not None:
         log["key"] = policy.name  # the key's name, never the key
+        policy.charge(answer.tokens)  # its tpm: charged once answered, as LiteLLM does
     request.state.log = log
     return RerankJSONResponse(answer.payload, headers=headers)

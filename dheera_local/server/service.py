@@ -36,6 +36,7 @@ class Answer:
     served_by: ServedBy | None
     model_name: str
     documents: int
+    tokens: int | None = None  # scored by a model for this answer (meta.tokens); None: a remote did not say
 
 
 class RerankService:
@@ -69,7 +70,8 @@ class RerankService:
 
         response = await self._run(served, make)
         response.meta.api_version = ApiVersion(version=version)
-        return Answer(response.model_dump(), response.meta.dheera_local, served.name, len(body.documents))
+        meta = response.meta
+        return Answer(response.model_dump(), meta.dheera_local, served.name, len(body.documents), response.input_tokens)
 
     async def tei(self, body: TEIRerankRequest, *, model: str | None) -> Answer:
         """A TEI-format request: all texts ranked best first (``top_n`` honoured as an extension)."""
@@ -84,7 +86,7 @@ class RerankService:
 
         response = await self._run(served, make)
         ranks = [_tei_rank(result.index, result.relevance_score, body) for result in response.results]
-        return Answer(ranks, response.meta.dheera_local, served.name, len(body.texts))
+        return Answer(ranks, response.meta.dheera_local, served.name, len(body.texts), response.input_tokens)
 
     async def _run(self, served: ServedModel, make: Callable[[ServedModel], RerankRequest]) -> RerankResponse:
         """Serve the request ``make`` builds for a deployment of ``served``'s group; identical requests in

@@ -20,7 +20,9 @@ Formats (see /work/shared/reference/rerank-wire-formats.md):
 * ``hf``: ``POST /models/ORG/NAME`` with ``{text, text_pair}`` inputs -> ``[{label, score}]`` (no
   ``top_k``) or ``[[{label, score}], ...]`` (``top_k`` given), as transformers' pipeline answers.
 * ``cohere``: ``POST /rerank``, ``/v1/rerank``, ``/v2/rerank`` -> ``results[]`` (or Voyage's ``data[]``),
-  ``document`` as a string or ``{text}``, sliced to ``top_n``.
+  ``document`` as a string or ``{text}``, sliced to ``top_n``; the tokens scored reported as
+  ``usage="cohere"`` (``meta.tokens.input_tokens``) or ``usage="vllm"`` (``usage.total_tokens``) say,
+  not at all by default (Cohere's own API reports search units only).
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ class Scorer:
         with self._lock:
             logits = self.encoder.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False)
         return [[float(v) for v in row] for row in logits.reshape(len(pairs), -1)]
+
+    def tokens(self, pairs: list[tuple[str, str]]) -> int:
+        """The pairs' input ids as the model's tokenizer encodes them (special tokens in, no padding)."""
+        queries, texts = [q for q, _ in pairs], [t for _, t in pairs]
+        with self._lock:
+            encoded = self.encoder.tokenizer(queries, texts, truncation="longest_first")
+        return sum(len(ids) for ids in encoded["input_ids"])
 
     def relevance(self, pairs: list[tuple[str, str]]) -> list[float]:
         """What a reranking server reports: sigmoid of the one logit, softmax of the positive class."""
@@ -136,6 +145,7 @@ class LoopbackServer:
         results_key: str = "results",
         document_style: str = "object",
         echo_documents: bool = False,
+        usage: str | None = None,
     ) -> None:
         self.kind = kind
         self.models = models
@@ -150,6 +160,7 @@ class LoopbackServer:
         self.results_key = results_key
         self.document_style = document_style
         self.echo_documents = echo_documents
+        self.usage = usage
         self.always: Fault | None = None
         self.requests: list[Recorded] = []
         self.max_in_flight = 0
@@ -442,7 +453,8 @@ def _cohere_rerank(owner: LoopbackServer, body: dict[str, Any]) -> dict[str, Any
     if not isinstance(documents, list) or not documents:
         raise _Reply(400, {"id": str(uuid.uuid4()), "message": "invalid request: list of documents must not be empty"})
     texts = [d if isinstance(d, str) else d.get("text", "") for d in documents]
-    scores = scorer(owner.models["*"]).relevance([(query, t) for t in texts])
+    pairs = [(query, t) for t in texts]
+    scores = scorer(owner.models["*"]).relevance(pairs)
     ranked = sorted(range(len(texts)), key=lambda i: -scores[i])
     limit = body.get("top_n") or body.get("top_k")
     results = []
@@ -451,6 +463,12 @@ def _cohere_rerank(owner: LoopbackServer, body: dict[str, Any]) -> dict[str, Any
         if body.get("return_documents") or owner.echo_documents:
             item["document"] = texts[index] if owner.document_style == "string" else {"text": texts[index]}
         results.append(item)
-    if owner.results_key == "data":
-        return {"object": "list", "data": results, "model": body.get("model"), "usage": {"total_tokens": 1}}
-    return {"id": str(uuid.uuid4()), "results": results, "meta": {"api_version": {"version": "2"}}}
+    if owner.results_key == "data":  # Voyage's shape reports its usage
+        tokens = scorer(owner.models["*"]).tokens(pairs)
+        return {"object": "list", "data": results, "model": body.get("model"), "usage": {"total_tokens": tokens}}
+    answer = {"id": str(uuid.uuid4()), "results": results, "meta": {"api_version": {"version": "2"}}}
+    if owner.usage == "cohere":
+        answer["meta"]["tokens"] = {"input_tokens": scorer(owner.models["*"]).tokens(pairs), "output_tokens": 0}
+    elif owner.usage == "vllm":
+        answer["usage"] = {"total_tokens": scorer(owner.models["*"]).tokens(pairs)}
+    return answer
