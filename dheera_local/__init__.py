@@ -41,6 +41,7 @@ _EXPORTS = {
     "RetryPolicy": ".backends._http",
     "ServedBy": "._response",
     "Settings": "._settings",
+    "Tokens": "._response",
     "ShuttingDownError": "._errors",
     "UnsupportedModelError": "._errors",
     "arerank": "._api",
@@ -69,7 +70,7 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     )
     from ._orchestrator import PairScores, Reranker
     from ._request import RerankRequest
-    from ._response import ApiVersion, BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy
+    from ._response import ApiVersion, BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy, Tokens
     from ._runtime import close_all
     from ._selector import Plan
     from ._settings import Settings
@@ -127,6 +128,7 @@ __all__ = [
     "ServedBy",
     "Settings",
     "ShuttingDownError",
+    "Tokens",
     "UnsupportedModelError",
     "__version__",
     "arerank",
