@@ -14,6 +14,7 @@ from typing import Any
 from .._errors import ConfigError, InvalidRequestError, ModelNotAvailableError
 from .._hardware import dtype_name
 from .._model_ref import COHERE_PREFIX
+from .._options import RerankOptions, build_options
 from .._orchestrator import Reranker
 from ..backends.local import LocalBackend
 from .config import ModelEntry, ServerConfig
@@ -26,7 +27,7 @@ class ServedModel:
 
     name: str
     model: str
-    options: dict[str, Any]
+    options: RerankOptions  # made once, at startup: requests add only their body's raw_scores / prompt
     model_id: str
     revision: str
     max_length: int
@@ -112,9 +113,9 @@ def _cohere_api(model: str, options: dict[str, Any], reranker: Reranker) -> dict
 
 def _plan(config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranker) -> ServedModel:
     model = entry.dheera_ai_params.model
-    options = _cohere_api(model, model_options(config, entry), reranker)
     try:
-        plan = reranker.plan(model, **options)
+        options = build_options(**_cohere_api(model, model_options(config, entry), reranker))
+        plan = reranker.plan(model, options)
     except InvalidRequestError as exc:
         path = config.key_path(index, exc.field or "model")
         raise ConfigError(f"{config.source}: {path}: {exc}", path=path) from None
