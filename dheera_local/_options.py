@@ -14,6 +14,7 @@ To add an option: a field here, its parameter in ``_api.rerank``/``arerank``, an
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,17 +177,6 @@ class OptionSpec:
     numerics: bool = True
 
 
-def _option(
-    check: Callable[[object, str], Any],
-    help: str,  # noqa: A002 - argparse's word
-    *,
-    cli: dict[str, Any] | None = None,
-    config: Any = None,
-    numerics: bool = True,
-) -> OptionSpec:
-    return OptionSpec(check, help, cli, config, numerics)
-
-
 class RerankOptions(BaseModel):
     """How to serve a request: backend choice, endpoint, cache and local-engine settings.
 
@@ -195,57 +185,57 @@ class RerankOptions(BaseModel):
     :class:`InvalidRequestError` naming the field; :meth:`replace` checks only the fields it changes.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: Annotated[str, _option(
+    backend: Annotated[str, OptionSpec(
         _choice(BACKENDS), "auto (local weights first, then remote), local or remote",
         cli={"choices": BACKENDS}, config=Literal["auto", "local", "remote"],
     )] = "auto"  # fmt: skip
-    api_base: Annotated[str | None, _option(
+    api_base: Annotated[str | None, OptionSpec(
         _api_base, "a TEI-, Cohere- or HF-compatible endpoint URL", cli={}, config=str | None
     )] = None  # fmt: skip
-    api_key: Annotated[SecretStr | None, _option(
+    api_key: Annotated[SecretStr | None, OptionSpec(
         _api_key, "endpoint key (HF hosted defaults to $HF_TOKEN)", cli={}, config=SecretStr | None, numerics=False
     )] = None  # fmt: skip
-    api_format: Annotated[str | None, _option(
+    api_format: Annotated[str | None, OptionSpec(
         _choice(API_FORMATS, optional=True),
         "the endpoint's wire format: tei, cohere or hf (default: tei for huggingface/ORG/NAME, else cohere)",
         cli={"choices": API_FORMATS}, config=Literal["tei", "cohere", "hf"] | None,
     )] = None  # fmt: skip
-    cache: Annotated[bool, _option(
+    cache: Annotated[bool, OptionSpec(
         check_flag, "read and write the score cache", cli={"flag": "--no-cache", "negate": True},
         config=bool | None, numerics=False,
     )] = True  # fmt: skip
-    cache_dir: Annotated[Path | None, _option(_optional_path, "score cache folder", cli={}, numerics=False)] = None
+    cache_dir: Annotated[Path | None, OptionSpec(_optional_path, "score cache folder", cli={}, numerics=False)] = None
     # float32 scores the same on any device, as the score cache keys them; reduced precision is keyed by dtype.
-    device: Annotated[str | None, _option(
+    device: Annotated[str | None, OptionSpec(
         check_device, "torch device for the local backend (default: auto)", cli={}, config=str | None,
         numerics=False,
     )] = None  # fmt: skip
-    dtype: Annotated[str | None, _option(
+    dtype: Annotated[str | None, OptionSpec(
         check_dtype, "auto, float32, bfloat16, float16 or int8", cli={}, config=str | None
     )] = None  # fmt: skip
-    max_length: Annotated[int | None, _option(
+    max_length: Annotated[int | None, OptionSpec(
         _max_length, "tokens per (query, document) pair; longer pairs are truncated",
         cli={"type": int}, config=int | None,
     )] = None  # fmt: skip
-    raw_scores: Annotated[bool, _option(
+    raw_scores: Annotated[bool, OptionSpec(
         check_flag, "logits instead of sigmoid scores", cli={"action": "store_true"}
     )] = False  # fmt: skip
-    timeout: Annotated[float | None, _option(
+    timeout: Annotated[float | None, OptionSpec(
         _timeout, "seconds one remote request may take, answer included", cli={"type": float},
         config=float | None, numerics=False,
     )] = None  # fmt: skip
-    instruction: Annotated[str | None, _option(
+    instruction: Annotated[str | None, OptionSpec(
         _optional_str, "Qwen3-Reranker's task instruction (default: the model card's web-search one)",
         cli={}, config=str | None,
     )] = None  # fmt: skip
-    prompt: Annotated[str | None, _option(
+    prompt: Annotated[str | None, OptionSpec(
         _optional_str, "bge-reranker-v2-gemma's prompt after the pair (default: FlagEmbedding's)",
         cli={}, config=str | None,
     )] = None  # fmt: skip
     # Batches are cut by tokens, and padding is masked: the budget changes speed and memory, not scores.
-    batch_tokens: Annotated[int | None, _option(
+    batch_tokens: Annotated[int | None, OptionSpec(
         check_optional_int, "padded tokens per forward pass of the local backend (default: per device)",
         cli={"type": int}, config=int | None, numerics=False,
     )] = None  # fmt: skip
@@ -280,10 +270,6 @@ class RerankOptions(BaseModel):
         fresh = type(self)(**changes)
         return self.model_copy(update={name: getattr(fresh, name) for name in changes})
 
-    def given(self) -> dict[str, Any]:
-        """The options set to other than their defaults, as keyword arguments (secrets stay SecretStr)."""
-        return {name: getattr(self, name) for name in type(self).model_fields if name in self.model_fields_set}
-
 
 def _invalid_request(exc: ValidationError) -> InvalidRequestError:
     """The InvalidRequestError an option's check raised, or one made of pydantic's first complaint."""
@@ -300,6 +286,7 @@ def option_spec(name: str, options: type[RerankOptions] = RerankOptions) -> Opti
     return next(item for item in options.model_fields[name].metadata if isinstance(item, OptionSpec))
 
 
+@functools.cache
 def option_specs(options: type[RerankOptions] = RerankOptions) -> dict[str, OptionSpec]:
     """Every option's spec, in definition order: what the CLI, config.yaml and the environment derive from."""
     return {name: option_spec(name, options) for name in options.model_fields}

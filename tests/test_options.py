@@ -102,6 +102,16 @@ def test_every_option_is_enumerable_with_its_spec() -> None:
     assert all(isinstance(spec, OptionSpec) and spec.help for spec in specs.values())
 
 
+def test_a_score_job_takes_keyword_options_and_checks_them_when_made(tmp_path: Path) -> None:
+    job = ScoreJob(model="org/model", input=tmp_path / "in.jsonl", output=tmp_path / "out.jsonl",
+                   options={"dtype": "float32", "device": "cpu"})  # type: ignore[arg-type]  # fmt: skip
+    assert job.options == build_options(dtype="float32", device="cpu")
+    with pytest.raises(InvalidRequestError) as caught:
+        ScoreJob(model="org/model", input=tmp_path / "in.jsonl", output=tmp_path / "out.jsonl",
+                 options={"dtype": "flaot16"})  # type: ignore[arg-type]  # fmt: skip
+    assert caught.value.field == "dtype"
+
+
 # The resume key --------------------------------------------------------------------------------------------
 
 
@@ -184,6 +194,20 @@ def test_an_endpoint_is_keyed_by_its_base_with_or_without_a_slash(isolated_env: 
     assert key == KeyMaker(ModelIdentity(
         "http://127.0.0.1:9#my-reranker", "remote", 0, numerics="cohere:http://127.0.0.1:9/rerank#my-reranker"
     ))("q", "d")  # fmt: skip
+
+
+def test_requests_coalesce_only_with_the_same_numerics() -> None:
+    from dheera_local._request import build_request
+    from dheera_local.server.coalescing import request_key
+
+    options = build_options(api_key="sk-test-0123456789", dtype="float32")
+    keys = {
+        request_key("m", build_request("org/model", "q", ["d"], options=options.replace(**changes)))
+        for changes in ({}, {"raw_scores": True}, {"instruction": "find cities"}, {"prompt": "Relevant?"})
+    }
+    assert len(keys) == 4  # a body's instruction or prompt is its own computation, as raw_scores was
+    same = build_request("org/model", "q", ["d"], options=options.replace(api_key="sk-other-0123456789", cache=False))
+    assert request_key("m", same) == request_key("m", build_request("org/model", "q", ["d"], options=options))
 
 
 def test_a_local_cache_key_is_pinned() -> None:
