@@ -34,6 +34,7 @@ _EXPORTS = {
     "RedisCacheStore": "._cache_redis",
     "RemoteBackendError": "._errors",
     "RerankMeta": "._response",
+    "RerankOptions": "._options",
     "RerankRequest": "._request",
     "RerankResponse": "._response",
     "RerankResult": "._response",
@@ -68,6 +69,7 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         ShuttingDownError,
         UnsupportedModelError,
     )
+    from ._options import RerankOptions
     from ._orchestrator import PairScores, Reranker
     from ._request import RerankRequest
     from ._response import ApiVersion, BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy, Tokens
@@ -119,6 +121,7 @@ __all__ = [
     "RedisCacheStore",
     "RemoteBackendError",
     "RerankMeta",
+    "RerankOptions",
     "Provider",
     "RerankRequest",
     "RerankResponse",

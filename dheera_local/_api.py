@@ -1,7 +1,7 @@
 """The public functions: ``rerank`` and ``arerank``, served by the default :class:`Reranker`.
 
 Their signatures spell out every option for users and IDEs; the options are defined once, in
-:mod:`._options` (a test keeps the two in step).
+:mod:`._options` (a test keeps the two in step), and checked once, by ``build_request``.
 """
 
 from __future__ import annotations
@@ -77,13 +77,8 @@ def rerank(
         ModelNotAvailableError: No local weights and no usable remote path; says how to fix it.
         AllBackendsFailedError: Every candidate backend failed; lists why.
     """
-    request = build_request(
-        model, query, documents, top_n, return_documents,
-        rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
-        api_base=api_base, api_key=api_key, api_format=api_format, backend=backend, cache=cache, cache_dir=cache_dir,
-        device=device, dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
-        batch_tokens=batch_tokens, instruction=instruction, prompt=prompt,
-    )  # fmt: skip
+    # The parameters are build_request's, one for one: a new option is a parameter here and nothing more.
+    request = build_request(**locals())
     return default_reranker().run(request)
 
 
@@ -113,11 +108,6 @@ async def arerank(
     prompt: str | None = None,
 ) -> RerankResponse:
     """The async twin of :func:`rerank` (same parameters); never blocks the event loop."""
-    request = build_request(
-        model, query, documents, top_n, return_documents,
-        rank_fields=rank_fields, max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc,
-        api_base=api_base, api_key=api_key, api_format=api_format, backend=backend, cache=cache, cache_dir=cache_dir,
-        device=device, dtype=dtype, max_length=max_length, raw_scores=raw_scores, timeout=timeout,
-        batch_tokens=batch_tokens, instruction=instruction, prompt=prompt,
-    )  # fmt: skip
+    # The parameters are build_request's, one for one: a new option is a parameter here and nothing more.
+    request = build_request(**locals())
     return await default_reranker().arun(request)

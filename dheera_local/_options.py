@@ -1,26 +1,28 @@
 """The engine options of ``rerank()``, defined once: :class:`RerankOptions`.
 
-Each field carries how it is checked, how the command line spells it and whether ``config.yaml``
-takes it. Everything else derives from here: :func:`build_options` (the SDK, the server, ``score``),
+Each field carries (in its :class:`OptionSpec`) how it is checked, how the command line spells it,
+whether ``config.yaml`` takes it and whether it changes the scores. Everything else derives from
+here: :func:`build_options` (every edge: the SDK, the CLI, config.yaml, the adapters, the server),
 the CLI flags (:func:`add_engine_options`, :func:`engine_options`), the server's per-model
-parameters (:func:`config_fields`) and, checked by a test, the explicit signatures of
-``rerank``/``arerank`` (kept explicit for users and IDEs).
+parameters (:func:`config_fields`), ``score``'s resume key (:func:`numerics_fields`) and, checked by
+a test, the explicit signatures of ``rerank``/``arerank`` (kept explicit for users and IDEs).
 
-To add an option: a field here, its parameter in ``_api.rerank``/``arerank``, and its use.
+To add an option: a field here, its parameter in ``_api.rerank``/``arerank``, and its use
+(ARCHITECTURE.md, "A new engine option").
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from . import _secrets as secrets
 from ._errors import InvalidRequestError, shown
@@ -108,6 +110,13 @@ def _api_base(value: object, name: str) -> str | None:
     return value
 
 
+def normalize_api_base(url: str) -> str:
+    """The base of an endpoint URL, which the TEI and Cohere URLs and a named remote model's cache identity are
+    built on: no trailing slash (``http://h:8080/`` is ``http://h:8080``). The option itself keeps the URL as
+    given: an HF endpoint is called at it, and its cache entries are keyed by it."""
+    return url.rstrip("/")
+
+
 def without_userinfo(url: str) -> str:
     """``url`` with any ``user:password@`` replaced by ``***@``, for messages."""
     scheme, sep, rest = url.partition("://")
@@ -152,116 +161,194 @@ def _timeout(value: object, name: str) -> float | None:
     return seconds
 
 
-def _option(
-    default: Any,
-    check: Callable[[object, str], Any],
-    help: str,  # noqa: A002 - argparse's word
-    *,
-    cli: dict[str, Any] | None = None,
-    config: Any = None,
-) -> Any:
-    """A field of :class:`RerankOptions`. ``cli``: argparse keywords, ``{}`` for the defaults, None for
-    no flag. ``config``: the type config.yaml accepts (None: not a per-model setting)."""
-    metadata = {"check": check, "help": help, "cli": cli, "config": config}
-    return field(default=default, metadata=metadata)
-
-
 @dataclass(frozen=True)
-class RerankOptions:
-    """How to serve a request: backend choice, endpoint, cache and local-engine settings."""
+class OptionSpec:
+    """What :class:`RerankOptions` knows of one option besides its type and default.
 
-    backend: str = _option(
-        "auto", _choice(BACKENDS), "auto (local weights first, then remote), local or remote",
+    ``check`` takes the raw value and its name and returns the value to keep (or raises InvalidRequestError);
+    ``cli``: argparse keywords, ``{}`` for the defaults, None for no flag; ``config``: the type config.yaml
+    accepts (None: not a per-model setting); ``numerics``: False for an option that changes how or where a
+    score is computed but not the score (a resumed ``score`` run may change it, see :func:`numerics_fields`).
+    """
+
+    check: Callable[[object, str], Any]
+    help: str
+    cli: dict[str, Any] | None = None
+    config: Any = None
+    numerics: bool = True
+
+
+class RerankOptions(BaseModel):
+    """How to serve a request: backend choice, endpoint, cache and local-engine settings.
+
+    Built and checked once where a request enters (``rerank()``, the CLI, config.yaml, an adapter, a server
+    body) and passed down as is: immutable, so nothing below the edge checks it again. Making one raises
+    :class:`InvalidRequestError` naming the field; :meth:`replace` checks only the fields it changes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Annotated[str, OptionSpec(
+        _choice(BACKENDS), "auto (local weights first, then remote), local or remote",
         cli={"choices": BACKENDS}, config=Literal["auto", "local", "remote"],
-    )  # fmt: skip
-    api_base: str | None = _option(
-        None, _api_base, "a TEI-, Cohere- or HF-compatible endpoint URL", cli={}, config=str | None
-    )
-    api_key: SecretStr | None = _option(
-        None, _api_key, "endpoint key (HF hosted defaults to $HF_TOKEN)", cli={}, config=SecretStr | None
-    )
-    api_format: str | None = _option(
-        None, _choice(API_FORMATS, optional=True),
+    )] = "auto"  # fmt: skip
+    api_base: Annotated[str | None, OptionSpec(
+        _api_base, "a TEI-, Cohere- or HF-compatible endpoint URL", cli={}, config=str | None
+    )] = None  # fmt: skip
+    api_key: Annotated[SecretStr | None, OptionSpec(
+        _api_key, "endpoint key (HF hosted defaults to $HF_TOKEN)", cli={}, config=SecretStr | None, numerics=False
+    )] = None  # fmt: skip
+    api_format: Annotated[str | None, OptionSpec(
+        _choice(API_FORMATS, optional=True),
         "the endpoint's wire format, a registered provider (default: tei for huggingface/ORG/NAME, else cohere)",
         cli={"choices": API_FORMATS}, config=str | None,
-    )  # fmt: skip
-    cache: bool = _option(
-        True, check_flag, "read and write the score cache", cli={"flag": "--no-cache", "negate": True},
-        config=bool | None,
-    )  # fmt: skip
-    cache_dir: Path | None = _option(None, _optional_path, "score cache folder", cli={})
-    device: str | None = _option(
-        None, check_device, "torch device for the local backend (default: auto)", cli={}, config=str | None
-    )
-    dtype: str | None = _option(
-        None, check_dtype, "auto, float32, bfloat16, float16 or int8", cli={}, config=str | None
-    )
-    max_length: int | None = _option(
-        None, _max_length, "tokens per (query, document) pair; longer pairs are truncated",
+    )] = None  # fmt: skip
+    cache: Annotated[bool, OptionSpec(
+        check_flag, "read and write the score cache", cli={"flag": "--no-cache", "negate": True},
+        config=bool | None, numerics=False,
+    )] = True  # fmt: skip
+    cache_dir: Annotated[Path | None, OptionSpec(_optional_path, "score cache folder", cli={}, numerics=False)] = None
+    # float32 scores the same on any device, as the score cache keys them; reduced precision is keyed by dtype.
+    device: Annotated[str | None, OptionSpec(
+        check_device, "torch device for the local backend (default: auto)", cli={}, config=str | None,
+        numerics=False,
+    )] = None  # fmt: skip
+    dtype: Annotated[str | None, OptionSpec(
+        check_dtype, "auto, float32, bfloat16, float16 or int8", cli={}, config=str | None
+    )] = None  # fmt: skip
+    max_length: Annotated[int | None, OptionSpec(
+        _max_length, "tokens per (query, document) pair; longer pairs are truncated",
         cli={"type": int}, config=int | None,
-    )  # fmt: skip
-    raw_scores: bool = _option(False, check_flag, "logits instead of sigmoid scores", cli={"action": "store_true"})
-    timeout: float | None = _option(
-        None, _timeout, "seconds one remote request may take, answer included", cli={"type": float},
-        config=float | None,
-    )  # fmt: skip
-    instruction: str | None = _option(
-        None, _optional_str, "Qwen3-Reranker's task instruction (default: the model card's web-search one)",
+    )] = None  # fmt: skip
+    raw_scores: Annotated[bool, OptionSpec(
+        check_flag, "logits instead of sigmoid scores", cli={"action": "store_true"}
+    )] = False  # fmt: skip
+    timeout: Annotated[float | None, OptionSpec(
+        _timeout, "seconds one remote request may take, answer included", cli={"type": float},
+        config=float | None, numerics=False,
+    )] = None  # fmt: skip
+    instruction: Annotated[str | None, OptionSpec(
+        _optional_str, "Qwen3-Reranker's task instruction (default: the model card's web-search one)",
         cli={}, config=str | None,
-    )  # fmt: skip
-    prompt: str | None = _option(
-        None, _optional_str, "bge-reranker-v2-gemma's prompt after the pair (default: FlagEmbedding's)",
+    )] = None  # fmt: skip
+    prompt: Annotated[str | None, OptionSpec(
+        _optional_str, "bge-reranker-v2-gemma's prompt after the pair (default: FlagEmbedding's)",
         cli={}, config=str | None,
-    )  # fmt: skip
-    batch_tokens: int | None = _option(
-        None, check_optional_int, "padded tokens per forward pass of the local backend (default: per device)",
-        cli={"type": int}, config=int | None,
-    )  # fmt: skip
+    )] = None  # fmt: skip
+    # Batches are cut by tokens, and padding is masked: the budget changes speed and memory, not scores.
+    batch_tokens: Annotated[int | None, OptionSpec(
+        check_optional_int, "padded tokens per forward pass of the local backend (default: per device)",
+        cli={"type": int}, config=int | None, numerics=False,
+    )] = None  # fmt: skip
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _invalid_request(exc) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            unknown = sorted(set(values) - set(cls.model_fields))
+            if unknown:
+                raise InvalidRequestError(
+                    f"unknown option {unknown[0]!r}; the options are {', '.join(cls.model_fields)}", field=unknown[0]
+                )
+        return values
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check(cls, value: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None
+        return option_spec(info.field_name, cls).check(value, info.field_name)
+
+    def replace(self, **changes: Any) -> RerankOptions:
+        """A copy with ``changes``, which alone are checked (the rest was checked when this was made)."""
+        if not changes:
+            return self
+        fresh = type(self)(**changes)
+        return self.model_copy(update={name: getattr(fresh, name) for name in changes})
 
 
-OPTION_NAMES = tuple(f.name for f in dataclasses.fields(RerankOptions))
+def _invalid_request(exc: ValidationError) -> InvalidRequestError:
+    """The InvalidRequestError an option's check raised, or one made of pydantic's first complaint."""
+    first = exc.errors()[0]
+    error = (first.get("ctx") or {}).get("error")
+    if isinstance(error, InvalidRequestError):
+        return error
+    name = ".".join(str(part) for part in first["loc"]) or None
+    return InvalidRequestError(f"{name}: {first['msg']}" if name else first["msg"], field=name)
+
+
+def option_spec(name: str, options: type[RerankOptions] = RerankOptions) -> OptionSpec:
+    """The :class:`OptionSpec` of option ``name``."""
+    return next(item for item in options.model_fields[name].metadata if isinstance(item, OptionSpec))
+
+
+@functools.cache
+def option_specs(options: type[RerankOptions] = RerankOptions) -> dict[str, OptionSpec]:
+    """Every option's spec, in definition order: what the CLI, config.yaml and the environment derive from."""
+    return {name: option_spec(name, options) for name in options.model_fields}
+
+
+OPTION_NAMES = tuple(RerankOptions.model_fields)
+DEFAULT_OPTIONS = RerankOptions()
 
 
 def build_options(**values: Any) -> RerankOptions:
     """Check the keyword options shared by every entry point; raises InvalidRequestError naming the field."""
-    unknown = sorted(set(values) - set(OPTION_NAMES))
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown option {unknown[0]!r}; the options are {', '.join(OPTION_NAMES)}", field=unknown[0]
-        )
-    checked = {}
-    for option in dataclasses.fields(RerankOptions):
-        value = values.get(option.name, option.default)
-        checked[option.name] = option.metadata["check"](value, option.name)
-    return RerankOptions(**checked)
+    return RerankOptions(**values) if values else DEFAULT_OPTIONS
+
+
+def merge_options(options: RerankOptions | None, values: dict[str, Any]) -> RerankOptions:
+    """``options`` (checked already; None: the defaults) with the keyword ``values`` on top, those checked now.
+
+    What the engine's entry points take: an options object made at the edge, keyword options, or both."""
+    if options is None:
+        return build_options(**values)
+    if not isinstance(options, RerankOptions):
+        raise InvalidRequestError(f"options must be a RerankOptions, got {type(options).__name__}", field="options")
+    return options.replace(**values)
+
+
+def numerics_fields(options: RerankOptions) -> dict[str, Any]:
+    """The options that change what a score is (every option not marked ``numerics=False``), JSON-ready:
+    what a resumed ``score`` run must share with the run it resumes."""
+    out = {}
+    for name, spec in option_specs(type(options)).items():
+        if spec.numerics:
+            value = getattr(options, name)
+            out[name] = str(value) if isinstance(value, Path) else value
+    return out
 
 
 def add_engine_options(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
     """Add a flag for every option that has one (``--api-base``, ``--no-cache``, ...)."""
-    for option in dataclasses.fields(RerankOptions):
-        spec = option.metadata["cli"]
-        if spec is None or option.name in exclude:
+    for name, option in option_specs().items():
+        if option.cli is None or name in exclude:
             continue
-        spec = dict(spec)
-        flag = spec.pop("flag", "--" + option.name.replace("_", "-"))
+        spec = dict(option.cli)
+        flag = spec.pop("flag", "--" + name.replace("_", "-"))
         if spec.pop("negate", False):
-            parser.add_argument(flag, dest=option.name, action="store_false", help=f"do not {option.metadata['help']}")
+            parser.add_argument(flag, dest=name, action="store_false", help=f"do not {option.help}")
         else:
-            spec.setdefault("default", option.default)
-            parser.add_argument(flag, dest=option.name, help=option.metadata["help"], **spec)
+            spec.setdefault("default", RerankOptions.model_fields[name].default)
+            parser.add_argument(flag, dest=name, help=option.help, **spec)
 
 
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options the parsed flags set (those left unset keep their defaults)."""
-    return {name: getattr(args, name) for name in OPTION_NAMES if hasattr(args, name)}
+def engine_options(args: argparse.Namespace) -> RerankOptions:
+    """The options the parsed flags set (those left unset keep their defaults), checked."""
+    return build_options(**{name: getattr(args, name) for name in OPTION_NAMES if hasattr(args, name)})
 
 
 def config_fields() -> dict[str, tuple[Any, Any]]:
     """``config.yaml``'s per-model options, as pydantic ``(type, default)`` pairs (all default to None:
     unset means the option's own default)."""
-    return {f.name: (f.metadata["config"], None) for f in dataclasses.fields(RerankOptions) if f.metadata["config"]}
+    return {name: (spec.config, None) for name, spec in option_specs().items() if spec.config}
 
 
 def option_check(name: str) -> Callable[[object, str], Any]:
     """The check of option ``name``."""
-    return {f.name: f.metadata["check"] for f in dataclasses.fields(RerankOptions)}[name]
+    return option_spec(name).check

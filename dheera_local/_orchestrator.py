@@ -27,10 +27,10 @@ from ._chunking import ChunkSettings, TokenCounter, document_windows
 from ._discovery import did_you_mean
 from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
 from ._model_ref import parse_model
-from ._options import RerankOptions, build_options
+from ._options import DEFAULT_OPTIONS, RerankOptions, merge_options
 from ._request import RerankRequest, build_request
 from ._response import RerankMeta, RerankResponse, RerankResult, ServedBy
-from ._selector import DEFAULT_MAX_LENGTH, Plan, Selector
+from ._selector import Plan, Selector
 from ._settings import Settings
 from .backends._http import HttpClients, RetryPolicy
 from .backends.base import Backend, tokens_of
@@ -44,11 +44,17 @@ Pair = tuple[str, str]
 
 
 def sigmoid(logit: float) -> float:
-    """The logistic function, computed without overflow for large |logit|."""
+    """The logistic function, computed without overflow for large |logit| (NaN stays NaN)."""
     if logit >= 0:
         return 1.0 / (1.0 + math.exp(-logit))
     exp = math.exp(logit)
     return exp / (1.0 + exp)
+
+
+def relevance_score(logit: float, options: RerankOptions = DEFAULT_OPTIONS) -> float:
+    """The score reported for ``logit`` under ``options``: its sigmoid, or the logit itself under ``raw_scores``.
+    The one place a logit becomes a score: ``rerank``, ``score`` and Ray all call it (NaN stays NaN)."""
+    return logit if options.raw_scores else sigmoid(logit)
 
 
 @dataclass
@@ -62,7 +68,7 @@ class PairScores:
     @property
     def scores(self) -> list[float]:
         """Sigmoid relevance scores, as ``rerank`` reports them."""
-        return [sigmoid(logit) for logit in self.logits]
+        return [relevance_score(logit) for logit in self.logits]
 
 
 @dataclass(frozen=True)
@@ -193,24 +199,27 @@ class Reranker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def plan(self, model: str, **options: Any) -> Plan:
-        """What would serve ``model`` with ``options`` (the keyword options of ``rerank``): the
-        candidates in order, the local backend if any, the model's identity. Loads nothing."""
-        return self.selector.plan(parse_model(model), build_options(**options))
+    def plan(self, model: str, options: RerankOptions | None = None, **values: Any) -> Plan:
+        """What would serve ``model`` with ``options`` (a :class:`RerankOptions`, and/or the keyword options
+        of ``rerank``): the candidates in order, the local backend if any, the model's identity. Loads nothing."""
+        return self.selector.plan(parse_model(model), merge_options(options, values))
 
     def rerank(
         self, model: str, query: str, documents: list[Any], top_n: int | None = None,
-        return_documents: bool = False, **options: Any,
+        return_documents: bool = False, *, options: RerankOptions | None = None, **values: Any,
     ) -> RerankResponse:  # fmt: skip
-        """Validate and serve one request; see :func:`dheera_local.rerank`."""
-        return self.run(build_request(model, query, documents, top_n, return_documents, **options))
+        """Validate and serve one request; see :func:`dheera_local.rerank`. The engine options are ``options``
+        (made once, e.g. by an adapter) and/or the keyword options of ``rerank``."""
+        request = build_request(model, query, documents, top_n, return_documents, options=options, **values)
+        return self.run(request)
 
     async def arerank(
         self, model: str, query: str, documents: list[Any], top_n: int | None = None,
-        return_documents: bool = False, **options: Any,
+        return_documents: bool = False, *, options: RerankOptions | None = None, **values: Any,
     ) -> RerankResponse:  # fmt: skip
         """The async twin of :meth:`rerank`; blocking work runs in worker threads."""
-        return await self.arun(build_request(model, query, documents, top_n, return_documents, **options))
+        request = build_request(model, query, documents, top_n, return_documents, options=options, **values)
+        return await self.arun(request)
 
     def run(self, request: RerankRequest) -> RerankResponse:
         """Serve a validated request."""
@@ -239,24 +248,29 @@ class Reranker:
         pairs = [(request.query, window) for document in windows for window in document]
         return self._lookup(plan, request.options, pairs), windows
 
-    def score_pairs(self, model: str, pairs: list[Pair], **options: Any) -> PairScores:
+    def score_pairs(
+        self, model: str, pairs: list[Pair], options: RerankOptions | None = None, **values: Any
+    ) -> PairScores:
         """Logits for (query, document) pairs with any mix of queries, through the cache.
 
         Args:
             model: As for :meth:`rerank`.
             pairs: ``(query, document)`` strings.
-            **options: The keyword options of :func:`dheera_local.rerank` (backend, device, ...).
+            options: The engine options, made once (``score`` and Ray pass theirs to every chunk).
+            **values: The keyword options of :func:`dheera_local.rerank` (backend, device, ...).
         """
-        ref, opts = parse_model(model), build_options(**options)
+        ref, opts = parse_model(model), merge_options(options, values)
         if not pairs:
             return PairScores([], ServedBy(backend="none", model=ref.name))
         work = self._lookup(self.selector.plan(ref, opts), opts, pairs)
         self._fill(work)
         return PairScores([work.logits[pair] for pair in pairs], work.served_by(), work.tokens)
 
-    async def ascore_pairs(self, model: str, pairs: list[Pair], **options: Any) -> PairScores:
+    async def ascore_pairs(
+        self, model: str, pairs: list[Pair], options: RerankOptions | None = None, **values: Any
+    ) -> PairScores:
         """The async twin of :meth:`score_pairs`."""
-        ref, opts = parse_model(model), build_options(**options)
+        ref, opts = parse_model(model), merge_options(options, values)
         if not pairs:
             return PairScores([], ServedBy(backend="none", model=ref.name))
         work = await asyncio.to_thread(self._plan_and_lookup, ref, opts, pairs)
@@ -337,7 +351,7 @@ class Reranker:
 
     def _windows(self, request: RerankRequest, plan: Plan) -> list[list[str]]:
         settings = ChunkSettings(
-            max_length=plan.identity.max_length or DEFAULT_MAX_LENGTH,
+            max_length=plan.max_length,
             max_chunks_per_doc=request.max_chunks_per_doc,
             max_tokens_per_doc=request.max_tokens_per_doc,
         )
@@ -380,12 +394,11 @@ def _all_failed(work: _Work, hub_cache: Path) -> AllBackendsFailedError:
 
 
 def _response(request: RerankRequest, work: _Work, windows: list[list[str]]) -> RerankResponse:
-    raw = request.options.raw_scores
     scored = []
     for index, document in enumerate(windows):
         # A chunked document scores as its best window.
         logit = max(work.logits[(request.query, window)] for window in document)
-        scored.append((index, logit if raw else sigmoid(logit)))
+        scored.append((index, relevance_score(logit, request.options)))
     scored.sort(key=lambda pair: (-pair[1], pair[0]))
     if request.top_n is not None:
         scored = scored[: request.top_n]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._errors import InvalidRequestError
 from ._model_ref import ModelRef, parse_model
-from ._options import MIN_MAX_LENGTH, RerankOptions, build_options, check_flag, check_optional_int
+from ._options import DEFAULT_OPTIONS, MIN_MAX_LENGTH, RerankOptions, check_flag, check_optional_int, merge_options
 
 # A query is cut to the model's window anyway (1,024 tokens at most by default, 8,192 positions for
 # the longest models); a longer one only costs memory, time and upload (HF hosted repeats it per pair).
@@ -37,7 +37,7 @@ class RerankRequest:
     return_documents: bool = False
     max_chunks_per_doc: int | None = None
     max_tokens_per_doc: int | None = None
-    options: RerankOptions = field(default_factory=RerankOptions)
+    options: RerankOptions = DEFAULT_OPTIONS
 
 
 def build_request(
@@ -50,9 +50,13 @@ def build_request(
     rank_fields: object = None,
     max_chunks_per_doc: object = None,
     max_tokens_per_doc: object = None,
-    **options: Any,
+    options: RerankOptions | None = None,
+    **values: Any,
 ) -> RerankRequest:
-    """Validate the public arguments of ``rerank()``; raises InvalidRequestError."""
+    """Validate the public arguments of ``rerank()``; raises InvalidRequestError.
+
+    The engine options are ``options`` (made at the edge: a served model's, an adapter's), with the keyword
+    ``values`` (``rerank()``'s, a body's ``raw_scores``) checked and set on top."""
     fields = _rank_fields(rank_fields)
     docs = _documents(documents)
     return RerankRequest(
@@ -64,7 +68,7 @@ def build_request(
         return_documents=check_flag(return_documents, "return_documents"),
         max_chunks_per_doc=check_optional_int(max_chunks_per_doc, "max_chunks_per_doc"),
         max_tokens_per_doc=check_optional_int(max_tokens_per_doc, "max_tokens_per_doc", MIN_MAX_LENGTH),
-        options=build_options(**options),
+        options=merge_options(options, values),
     )
 
 

@@ -22,7 +22,7 @@ from ._discovery import LocalWeights, configured_max_length, did_you_mean, find_
 from ._errors import InvalidRequestError, ModelNotAvailableError
 from ._llm_templates import resolve_prompt, template_for_folder, template_for_name
 from ._model_ref import HF_PREFIX, ModelKind, ModelRef
-from ._options import RerankOptions
+from ._options import RerankOptions, normalize_api_base
 from ._settings import Settings
 from .backends.base import Backend
 from .backends.factory import Backends
@@ -54,6 +54,12 @@ class Plan:
         """What candidate ``index``'s scores are cached under. May load a local model (reduced
         precision: its kernels are part of the numerics); raises BackendError when that fails."""
         return dataclasses.replace(self.bases[index], numerics=self.candidates[index].numerics())
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per pair the model reads: its identity's, else (an endpoint's model, not known here) the
+        default. Long documents are windowed to it."""
+        return self.identity.max_length or DEFAULT_MAX_LENGTH
 
     @property
     def backend_names(self) -> tuple[str, ...]:
@@ -141,7 +147,7 @@ class Selector:
         prompt = _prompt(template, ref.text, options)
         keyed = f"{template.name}:{prompt}" if template is not None else ""
         identity = ModelIdentity(
-            f"{api_base.rstrip('/')}#{ref.name}", "remote", options.max_length or 0, prompt=keyed
+            f"{normalize_api_base(api_base)}#{ref.name}", "remote", options.max_length or 0, prompt=keyed
         )
         return Plan(identity, [backend], bases=[identity])
 

@@ -223,14 +223,15 @@ def _add_score(commands: Any) -> None:
 
 
 def _cmd_rerank(args: argparse.Namespace) -> int:
-    from ._api import rerank
+    from ._runtime import default_reranker
 
     documents = _read_documents(args)
     rank_fields = [f.strip() for f in args.rank_fields.split(",") if f.strip()] if args.rank_fields else None
-    response = rerank(
+    options = engine_options(args)  # checked here, once
+    response = default_reranker().rerank(
         args.model, args.query, documents, top_n=args.top_n, return_documents=args.return_documents,
         rank_fields=rank_fields, max_chunks_per_doc=args.max_chunks_per_doc,
-        max_tokens_per_doc=args.max_tokens_per_doc, **engine_options(args),
+        max_tokens_per_doc=args.max_tokens_per_doc, options=options,
     )  # fmt: skip
     print(response.model_dump_json(indent=2))
     return 0

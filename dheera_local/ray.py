@@ -24,8 +24,8 @@ from typing import Any
 
 from ._errors import InvalidRequestError
 from ._model_ref import parse_model
-from ._options import OPTION_NAMES, build_options
-from ._orchestrator import Reranker
+from ._options import OPTION_NAMES, RerankOptions, merge_options
+from ._orchestrator import Reranker, relevance_score
 from .score.rows import text_problem
 from .score.workers import Engine, score_chunk
 
@@ -56,12 +56,14 @@ class PairScorer:
         batch_tokens: Padded tokens per forward pass of the local backend.
         bad_rows: ``"raise"`` (a missing, non-string or empty text fails the batch) or ``"mark"``
             (such rows get NaN scores and the reason in a ``score_error`` column).
-        **options: The keyword options of :func:`dheera_local.rerank` (device, dtype, cache, ...).
+        options: The engine options, made once (``score_dataset`` makes them on the driver).
+        **values: The keyword options of :func:`dheera_local.rerank` (device, dtype, cache, ...).
     """
 
     def __init__(
         self, model: str, *, query_field: str = "query", document_field: str = "document",
-        batch_tokens: int | None = None, bad_rows: str = "raise", **options: Any,
+        batch_tokens: int | None = None, bad_rows: str = "raise", options: RerankOptions | None = None,
+        **values: Any,
     ) -> None:  # fmt: skip
         if bad_rows not in BAD_ROWS:
             raise InvalidRequestError(f"bad_rows must be 'raise' or 'mark', got {bad_rows!r}", field="bad_rows")
@@ -69,8 +71,8 @@ class PairScorer:
         self.document_field = document_field
         self.bad_rows = bad_rows
         if batch_tokens is not None:
-            options = {**options, "batch_tokens": batch_tokens}
-        self.engine = Engine(model, options)
+            values = {**values, "batch_tokens": batch_tokens}
+        self.engine = Engine(model, merge_options(options, values))
         self.reranker = Reranker()
         local = self.engine.plan(self.reranker).local
         if local is not None:
@@ -93,18 +95,12 @@ class PairScorer:
         logits = iter(score_chunk(self.reranker, self.engine, pairs).logits if pairs else [])
         raw = [math.nan if problem else next(logits) for problem in problems]
         columns: dict[str, list[Any]] = {
-            "relevance_score": [math.nan if math.isnan(x) else _sigmoid(x) for x in raw],
+            "relevance_score": [relevance_score(x, self.engine.options) for x in raw],  # a bad row's NaN stays NaN
             "logit": raw,
         }
         if self.bad_rows == "mark":
             columns[ERROR_COLUMN] = problems
         return _with_columns(batch, columns)
-
-
-def _sigmoid(logit: float) -> float:
-    from ._orchestrator import sigmoid
-
-    return sigmoid(logit)
 
 
 def _column(batch: Any, name: str) -> list[Any]:
@@ -152,11 +148,14 @@ def _with_columns(batch: Any, columns: dict[str, list[Any]]) -> Any:
     return {**batch, **{name: np.asarray(values) for name, values in columns.items()}}
 
 
-def check_engine_options(model: str, options: dict[str, Any]) -> None:
-    """Refuse a bad ``model`` or ``rerank()`` option here, on the driver, before Ray starts: inside an actor
+def check_engine_options(model: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` with their ``rerank()`` options (and any ``options`` object) made into one checked
+    ``options``. A bad ``model`` or option is refused here, on the driver, before Ray starts: inside an actor
     the same typo surfaces only after the cluster started and read the data, wrapped in Ray's errors."""
     parse_model(model)
-    build_options(**{name: value for name, value in options.items() if name in OPTION_NAMES})
+    values = {name: value for name, value in arguments.items() if name in OPTION_NAMES}
+    rest = {name: value for name, value in arguments.items() if name not in OPTION_NAMES and name != "options"}
+    return {**rest, "options": merge_options(arguments.get("options"), values)}
 
 
 def score_dataset(
@@ -175,15 +174,15 @@ def score_dataset(
         batch_size: Rows per batch handed to an actor (its token-budget batching splits it further).
         **scorer_options: :class:`PairScorer` arguments and :func:`dheera_local.rerank` options.
     """
-    check_engine_options(model, scorer_options)
+    scorer_options = check_engine_options(model, scorer_options)
     ray = import_ray()
     resources = ray.cluster_resources()
     if gpus_per_actor is None:
         gpus_per_actor = 1 if resources.get("GPU", 0) >= 1 else 0
     if actors is None:
         actors = _pool_size(resources, gpus_per_actor, cpus_per_actor)
-    if gpus_per_actor == 0 and scorer_options.get("device") in (None, "auto"):
-        scorer_options["device"] = "cpu"
+    if gpus_per_actor == 0 and scorer_options["options"].device in (None, "auto"):
+        scorer_options["options"] = scorer_options["options"].replace(device="cpu")
     remote_args: dict[str, Any] = {"num_cpus": cpus_per_actor}
     if gpus_per_actor:
         remote_args["num_gpus"] = gpus_per_actor
@@ -272,7 +271,7 @@ def run_pipeline(
     Returns:
         Rows written, when ``output`` is a local folder (else None).
     """
-    check_engine_options(model, score_options)
+    score_options = check_engine_options(model, score_options)
     ray = import_ray()
     local = Path(output) if "://" not in str(output) else None
     if local is not None and local.exists() and any(local.iterdir()):

@@ -3,7 +3,6 @@ the wire format chosen by the endpoint; what imports what, and who closes the sh
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import dheera_local
 from conftest import TINY_BERT_ID, closed_port
 from dheera_local import InvalidRequestError, Reranker, Settings
 from dheera_local._cache import SHARED_CACHES, CacheStore
-from dheera_local._options import OPTION_NAMES, RerankOptions
+from dheera_local._options import OPTION_NAMES, option_specs
 from dheera_local.backends.local import SHARED_MODELS, LocalBackend
 from loopback import Servers, by_index, reference_logits
 
@@ -142,7 +141,7 @@ def test_every_option_with_a_flag_is_on_the_cli() -> None:
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse keeps them here
     for command in ("rerank", "score"):
         flags = {dest for action in commands[command]._actions for dest in [action.dest]}
-        expected = {f.name for f in dataclasses.fields(RerankOptions) if f.metadata["cli"] is not None}
+        expected = {name for name, spec in option_specs().items() if spec.cli is not None}
         if command == "score":
             expected.discard("raw_scores")  # the output has the score and the logit
         assert expected <= flags, expected - flags
@@ -151,7 +150,7 @@ def test_every_option_with_a_flag_is_on_the_cli() -> None:
 def test_config_yaml_takes_the_options_it_declares() -> None:
     from dheera_local.server.config import ModelParams
 
-    configurable = {f.name for f in dataclasses.fields(RerankOptions) if f.metadata["config"] is not None}
+    configurable = {name for name, spec in option_specs().items() if spec.config is not None}
     assert set(ModelParams.model_fields) == {"model", *configurable}
     assert configurable <= set(OPTION_NAMES)
 

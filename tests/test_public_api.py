@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import json
 import uuid
@@ -36,7 +35,7 @@ def test_rerank_signature_is_the_contract() -> None:
 def test_the_signatures_spell_out_every_option_with_its_default() -> None:
     from dheera_local._options import RerankOptions
 
-    options = {f.name: f.default for f in dataclasses.fields(RerankOptions)}
+    options = {name: field.default for name, field in RerankOptions.model_fields.items()}
     request = {"top_n": None, "return_documents": False, "rank_fields": None, "max_chunks_per_doc": None,
                "max_tokens_per_doc": None}  # fmt: skip
     for function in (dheera_local.rerank, dheera_local.arerank):

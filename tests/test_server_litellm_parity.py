@@ -139,7 +139,7 @@ def test_router_fallbacks_serve_a_group_whose_deployments_all_failed(
     })  # fmt: skip
     answer = rerank(server, "primary")
     assert answer.status_code == 200 and len(backup.scoring()) == 1
-    assert server.state.registry.models["primary"].options["timeout"] == 5  # router_settings.timeout
+    assert server.state.registry.models["primary"].options.timeout == 5  # router_settings.timeout
 
 
 def test_a_group_whose_deployments_all_failed_answers_their_error(

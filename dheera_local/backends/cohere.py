@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from .._options import normalize_api_base
 from ._http import Call, HttpClients, RetryPolicy
 from ._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order, usage_count
 
@@ -32,7 +33,7 @@ def is_cohere_api(api_base: str) -> bool:
 
 
 def rerank_url(api_base: str) -> str:
-    base = api_base.rstrip("/")
+    base = normalize_api_base(api_base)
     return base if base.endswith("/rerank") else base + "/rerank"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from .._errors import RemoteBackendError
+from .._options import normalize_api_base
 from ._http import Call, HttpClients, RetryPolicy, asend, send
 from ._remote import RemoteBackend, group_by_limits, scores_in_order
 
@@ -25,7 +26,7 @@ INFO_TIMEOUT = 10.0
 
 def tei_base(api_base: str) -> str:
     """``http://h:8080/``, ``http://h:8080/rerank`` -> ``http://h:8080`` (no double /rerank)."""
-    base = api_base.rstrip("/")
+    base = normalize_api_base(api_base)
     return base[: -len("/rerank")] if base.endswith("/rerank") else base
 
 

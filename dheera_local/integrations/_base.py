@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from .._model_ref import parse_model
-from .._options import build_options
+from .._options import RerankOptions, build_options
 from .._orchestrator import Reranker
 from .._response import RerankResult
 from .._runtime import default_reranker
@@ -61,17 +61,27 @@ class RerankFields(BaseModel):
     reranker: Reranker | None = Field(
         default=None, exclude=True, description="The engine to use (default: the one behind dheera_local.rerank)."
     )
+    # The options made of the fields above, and the field values they were made of (a field set later is seen).
+    _options: tuple[tuple[Any, ...], RerankOptions] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> RerankFields:
         # InvalidRequestError is a ValueError: pydantic reports it as a ValidationError naming the value.
         parse_model(self.model)
-        build_options(**self.engine_options())
+        self.rerank_options()
         return self
 
     def engine_options(self) -> dict[str, Any]:
-        """The keyword options passed to :meth:`dheera_local.Reranker.rerank` on every call."""
+        """The engine options among this adapter's fields, as keyword arguments."""
         return {name: getattr(self, name) for name in ENGINE_OPTIONS}
+
+    def rerank_options(self) -> RerankOptions:
+        """The engine options passed to :meth:`dheera_local.Reranker.rerank`: checked when the adapter is made,
+        not per query (again only after a field changed)."""
+        values = tuple(getattr(self, name) for name in ENGINE_OPTIONS)
+        if self._options is None or self._options[0] != values:
+            self._options = (values, build_options(**self.engine_options()))
+        return self._options[1]
 
     def engine(self) -> Reranker:
         """The Reranker that serves this adapter: the one given, else the process's default."""
@@ -80,9 +90,10 @@ class RerankFields(BaseModel):
 
     def rank(self, query: str, texts: list[str]) -> list[RerankResult]:
         """Rerank ``texts`` for ``query``: the best ``top_n`` results, each naming its text by ``index``."""
-        return self.engine().rerank(self.model, query, texts, top_n=self.top_n, **self.engine_options()).results
+        return self.engine().rerank(self.model, query, texts, top_n=self.top_n, options=self.rerank_options()).results
 
     async def arank(self, query: str, texts: list[str]) -> list[RerankResult]:
         """The async twin of :meth:`rank`; never blocks the event loop."""
-        response = await self.engine().arerank(self.model, query, texts, top_n=self.top_n, **self.engine_options())
+        options = self.rerank_options()
+        response = await self.engine().arerank(self.model, query, texts, top_n=self.top_n, options=options)
         return response.results

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .._errors import InvalidRequestError
-from .._options import add_engine_options, engine_options
+from .._options import RerankOptions, add_engine_options, engine_options
 from .job import DEFAULT_CHUNK_SIZE, ScoreJob, ScoreReport
 
 
@@ -75,7 +75,7 @@ def _summary(report: ScoreReport) -> str:
     return text
 
 
-def _run_on_ray(args: argparse.Namespace, options: dict) -> int:
+def _run_on_ray(args: argparse.Namespace, options: RerankOptions) -> int:
     if args.rerank:
         raise InvalidRequestError("--rerank is not available with --engine ray; rank the scored rows afterwards")
     from ..ray import run_pipeline
@@ -83,7 +83,8 @@ def _run_on_ray(args: argparse.Namespace, options: dict) -> int:
     try:
         written = run_pipeline(
             args.input, args.output, args.model, query_field=args.query_field, document_field=args.document_field,
-            actors=args.workers, batch_size=args.chunk_size, bad_rows="raise" if args.strict else "mark", **options,
+            actors=args.workers, batch_size=args.chunk_size, bad_rows="raise" if args.strict else "mark",
+            options=options,
         )  # fmt: skip
     except ImportError as exc:
         raise InvalidRequestError(str(exc), field="engine") from exc

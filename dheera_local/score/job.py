@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from .._options import DEFAULT_OPTIONS, RerankOptions, build_options
 from .io import FORMATS
 
 DEFAULT_CHUNK_SIZE = 2048
@@ -19,7 +19,8 @@ class ScoreJob:
         model: As for :func:`dheera_local.rerank`.
         input: A ``.jsonl``/``.ndjson``, ``.csv``/``.tsv`` or ``.parquet`` file of pairs.
         output: Where the scored rows go; its extension picks the format.
-        options: ``rerank()`` keyword options (backend, device, dtype, max_length, batch_tokens, cache, ...).
+        options: The engine options (backend, device, dtype, max_length, batch_tokens, cache, ...): a
+            ``RerankOptions``, or a dict of ``rerank()`` keyword options (checked here, when the job is made).
         query_field, document_field: The fields holding the pair's texts.
         id_field: An optional field copied into error reports.
         rerank: Write each query's rows best first, with a 1-based ``rank``.
@@ -34,7 +35,7 @@ class ScoreJob:
     model: str
     input: Path
     output: Path
-    options: dict[str, Any] = field(default_factory=dict)
+    options: RerankOptions = DEFAULT_OPTIONS
     query_field: str = "query"
     document_field: str = "document"
     id_field: str = "id"
@@ -44,6 +45,10 @@ class ScoreJob:
     quiet: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
     workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, RerankOptions):  # a dict of keyword options: this is the edge
+            object.__setattr__(self, "options", build_options(**self.options))
 
     @property
     def errors_path(self) -> Path:

@@ -14,16 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._cache import ModelIdentity
+from .._options import numerics_fields
 from .io import ResumeMismatch, Writer, open_writer
 from .job import ScoreJob, beside
 
 MANIFEST_VERSION = 1
+LEGACY_ENGINE_KEYS = ("backend", "api_base", "dtype")
 
 
 def job_key(job: ScoreJob, identity: ModelIdentity) -> str:
-    """What must not change between an interrupted run and its resumption."""
+    """What must not change between an interrupted run and its resumption: the files, the model, and every
+    option that changes the scores (:func:`numerics_fields`; ``device``, ``cache``, ... may change)."""
     stat = job.input.stat()
-    options = job.options
+    numerics = numerics_fields(job.options)
     fields = {
         "version": MANIFEST_VERSION,
         "input": [str(job.input.resolve()), stat.st_size, stat.st_mtime_ns],
@@ -32,9 +35,15 @@ def job_key(job: ScoreJob, identity: ModelIdentity) -> str:
         "model": [identity.model_id, identity.revision, identity.max_length],
         "fields": [job.query_field, job.document_field, job.id_field],
         "rerank": job.rerank,
-        "engine": [options.get("backend"), options.get("api_base"), options.get("dtype")],
+        # The three options keyed before all were, spelled as then (a run interrupted under an older version
+        # still resumes); every other one is keyed when it differs from its default.
+        "engine": [numerics.pop(name) for name in LEGACY_ENGINE_KEYS],
     }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    defaults = numerics_fields(type(job.options)())
+    changed = {name: value for name, value in numerics.items() if value != defaults[name]}
+    if changed:
+        fields["options"] = changed
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass

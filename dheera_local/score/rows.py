@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._errors import InvalidRequestError
-from .._orchestrator import sigmoid
+from .._options import RerankOptions
+from .._orchestrator import relevance_score
 from .._request import check_text
 from .io import Record
 
@@ -47,6 +48,6 @@ def text_problem(name: str, value: object, present: bool = True) -> str | None:
     return None
 
 
-def scored_row(fields: dict[str, Any], logit: float) -> dict[str, Any]:
-    """The input fields plus ``relevance_score`` (sigmoid of the logit) and ``logit``."""
-    return {**fields, "relevance_score": sigmoid(logit), "logit": logit}
+def scored_row(fields: dict[str, Any], logit: float, options: RerankOptions) -> dict[str, Any]:
+    """The input fields plus ``relevance_score`` (the logit's score under ``options``: its sigmoid) and ``logit``."""
+    return {**fields, "relevance_score": relevance_score(logit, options), "logit": logit}

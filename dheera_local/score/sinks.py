@@ -28,7 +28,7 @@ class Sink:
             self._error(record, problem)
         else:
             assert record.fields is not None and logit is not None
-            self.files.output.write([scored_row(record.fields, logit)])
+            self.files.output.write([scored_row(record.fields, logit, self.job.options)])
             self.files.written += 1
 
     def position(self, end: int) -> int:
@@ -102,7 +102,7 @@ class RankedSink(Sink):
         rows = []
         for rank, (record, logit) in enumerate(ranked, start=1):
             assert record.fields is not None
-            rows.append({**scored_row(record.fields, logit), "rank": rank})
+            rows.append({**scored_row(record.fields, logit, self.job.options), "rank": rank})
         self.files.output.write(rows)
         self.files.written += len(rows)
         assert self.query is not None

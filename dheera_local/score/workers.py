@@ -19,10 +19,11 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._errors import InvalidRequestError
+from .._options import DEFAULT_OPTIONS, RerankOptions
 from .._orchestrator import Reranker
 from .._selector import Plan
 
@@ -32,14 +33,18 @@ DEFAULT_REMOTE_WORKERS = 4
 
 @dataclass(frozen=True)
 class Engine:
-    """What scores pairs: the model and the ``rerank()`` options (``batch_tokens`` among them)."""
+    """What scores pairs: the model and the engine options (``batch_tokens`` among them), checked once."""
 
     model: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: RerankOptions = DEFAULT_OPTIONS
 
     def plan(self, reranker: Reranker) -> Plan:
-        """The backends that would serve this model (validates the options; loads nothing)."""
-        return reranker.plan(self.model, **self.options)
+        """The backends that would serve this model (loads nothing)."""
+        return reranker.plan(self.model, self.options)
+
+    def on(self, device: str | None) -> Engine:
+        """This engine on ``device`` (None: as it is), for one worker."""
+        return self if device is None else replace(self, options=self.options.replace(device=device))
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,9 @@ class ChunkResult:
     backend: str
 
 
-def score_chunk(reranker: Reranker, engine: Engine, pairs: list[Pair], device: str | None = None) -> ChunkResult:
+def score_chunk(reranker: Reranker, engine: Engine, pairs: list[Pair]) -> ChunkResult:
     """Score one chunk through the orchestrator (cache, backend choice, fallback)."""
-    options = engine.options if device is None else {**engine.options, "device": device}
-    scores = reranker.score_pairs(engine.model, pairs, **options)
+    scores = reranker.score_pairs(engine.model, pairs, engine.options)
     return ChunkResult(scores.logits, scores.served_by.cache_hits, scores.served_by.backend)
 
 
@@ -78,7 +82,7 @@ class Pool:
 
 def plan_devices(engine: Engine, workers: int | None) -> list[str | None]:
     """One entry per local worker: the device it uses (None: the automatic choice)."""
-    device = engine.options.get("device")
+    device = engine.options.device
     if device not in (None, "auto"):
         return [device] * (workers or 1)
     gpus = _cuda_device_count()
@@ -105,8 +109,9 @@ def open_pool(engine: Engine, reranker: Reranker, workers: int | None) -> Pool:
     if len(devices) == 1:
         # One thread, so reading and writing the next chunks overlap with scoring (torch drops the GIL).
         thread = ThreadPoolExecutor(1, thread_name_prefix="dheera-score")
+        worker = engine.on(devices[0])
         return Pool(
-            lambda pairs: thread.submit(score_chunk, reranker, engine, pairs, devices[0]),
+            lambda pairs: thread.submit(score_chunk, reranker, worker, pairs),
             1, f"1 worker on {devices[0] or local.device}", thread,
         )  # fmt: skip
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
@@ -141,9 +146,9 @@ def _init_process(engine: Engine, devices: Any, cores: int) -> None:
     device = devices.get()
     if resolve_device(device).startswith("cpu"):
         torch.set_num_threads(cores)  # share the cores between the processes, don't oversubscribe
-    _process_state.update(reranker=Reranker(), engine=engine, device=device)
+    _process_state.update(reranker=Reranker(), engine=engine.on(device))
 
 
 def _score_in_process(pairs: list[Pair]) -> ChunkResult:
     state = _process_state
-    return score_chunk(state["reranker"], state["engine"], pairs, state["device"])
+    return score_chunk(state["reranker"], state["engine"], pairs)

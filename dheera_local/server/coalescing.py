@@ -17,17 +17,18 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 
+from .._options import numerics_fields
 from .._request import RerankRequest
 from .._response import RerankResponse
 
 
 def request_key(model_name: str, request: RerankRequest) -> str:
-    """What makes two requests to one configured model give the same answer (the model's options are
-    fixed by its name, so no secret is part of the key)."""
+    """What makes two requests to one configured model give the same answer: the request, and the options
+    that change scores (a body may set ``raw_scores``, ``instruction``, ``prompt``); no secret is among them."""
     parts = [
         model_name, request.query, request.texts, request.top_n, request.return_documents,
         request.documents if request.return_documents else None, request.max_chunks_per_doc,
-        request.max_tokens_per_doc, request.options.raw_scores,
+        request.max_tokens_per_doc, numerics_fields(request.options),
     ]  # fmt: skip
     data = json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str)
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()

@@ -14,6 +14,7 @@ from typing import Any
 from .._errors import ConfigError, InvalidRequestError, ModelNotAvailableError
 from .._hardware import dtype_name
 from .._model_ref import COHERE_PREFIX
+from .._options import RerankOptions, build_options
 from .._orchestrator import Reranker
 from .._settings import option_variable
 from ..backends.local import LocalBackend
@@ -27,7 +28,7 @@ class ServedModel:
 
     name: str
     model: str
-    options: dict[str, Any]
+    options: RerankOptions  # made once, at startup: requests add only their body's raw_scores / prompt
     model_id: str
     revision: str
     max_length: int
@@ -121,9 +122,9 @@ def _plan(
     config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranker, env: dict[str, Any]
 ) -> ServedModel:
     model = entry.dheera_ai_params.model
-    options = _cohere_api(model, model_options(config, entry, env), reranker)
     try:
-        plan = reranker.plan(model, **options)
+        options = build_options(**_cohere_api(model, model_options(config, entry, env), reranker))
+        plan = reranker.plan(model, options)
     except InvalidRequestError as exc:
         path = config.key_path(index, exc.field or "model")
         if exc.field in env and getattr(entry.dheera_ai_params, exc.field, None) is None:

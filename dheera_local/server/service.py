@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import __version__
 from .._errors import AllBackendsFailedError, DheeraError, OverloadedError, ShuttingDownError
+from .._options import RerankOptions
 from .._orchestrator import Reranker
 from .._request import RerankRequest, build_request
 from .._response import ApiVersion, RerankResponse, ServedBy
@@ -64,8 +65,7 @@ class RerankService:
                 deployment.model, body.query, body.documents, body.top_n, body.return_documents,
                 rank_fields=getattr(body, "rank_fields", None),
                 max_chunks_per_doc=getattr(body, "max_chunks_per_doc", None),
-                max_tokens_per_doc=body.max_tokens_per_doc, raw_scores=body.raw_scores,
-                **_with_prompt(deployment.options, body),
+                max_tokens_per_doc=body.max_tokens_per_doc, options=_body_options(deployment.options, body),
             )  # fmt: skip
 
         response = await self._run(served, make)
@@ -80,8 +80,8 @@ class RerankService:
 
         def make(deployment: ServedModel) -> RerankRequest:
             return build_request(
-                deployment.model, body.query, body.texts, body.top_n, False, raw_scores=body.raw_scores,
-                **_with_prompt(deployment.options, body),
+                deployment.model, body.query, body.texts, body.top_n, False,
+                options=_body_options(deployment.options, body),
             )
 
         response = await self._run(served, make)
@@ -150,8 +150,8 @@ class RerankService:
 
     def health_request(self, served: ServedModel) -> Any:
         """The awaitable a health check runs for ``served``: one real, uncached pair."""
-        options = {**served.options, "cache": False}
-        return self.reranker.arerank(served.model, "health check", ["health check"], **options)
+        options = served.options.replace(cache=False)
+        return self.reranker.arerank(served.model, "health check", ["health check"], options=options)
 
 
 def _tei_rank(index: int, score: float, body: TEIRerankRequest) -> dict[str, Any]:
@@ -161,8 +161,10 @@ def _tei_rank(index: int, score: float, body: TEIRerankRequest) -> dict[str, Any
     return rank
 
 
-def _with_prompt(options: dict[str, Any], body: Any) -> dict[str, Any]:
-    """The model's configured options, with an LLM reranker's ``instruction``/``prompt`` from the body
-    (when it gives one) in place of config.yaml's."""
+def _body_options(options: RerankOptions, body: Any) -> RerankOptions:
+    """The model's configured options (checked at startup) with what the body may set: ``raw_scores``, and an
+    LLM reranker's ``instruction``/``prompt`` (when it gives one) in place of config.yaml's. Only those are
+    checked per request."""
     given = {name: getattr(body, name, None) for name in ("instruction", "prompt")}
-    return {**options, **{name: value for name, value in given.items() if value is not None}}
+    changes = {name: value for name, value in given.items() if value is not None}
+    return options.replace(raw_scores=body.raw_scores, **changes)
