@@ -182,7 +182,7 @@ def test_the_server_takes_options_from_the_environment_below_config_yaml(
         server = LiveServer(_one_model(tiny_bert, **params)).start()
         try:
             assert server.get("/info").json()["max_input_length"] == expected
-            assert server.state.registry.default.options["max_length"] == expected
+            assert server.state.registry.default.options.max_length == expected
         finally:
             server.stop()
 
