@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -122,12 +123,22 @@ def pack_linears(network: nn.Module, probe: dict[str, torch.Tensor], reference: 
 
 def checked_pack(network: nn.Module, probe: dict[str, torch.Tensor], reference: torch.Tensor) -> Verdict:
     """:func:`pack_linears`, returning the verdict and its reason (to remember it)."""
-    eager = probe_logits(network, probe)
+    return checked_pack_scored(network, lambda: probe_logits(network, probe), reference)
+
+
+def checked_pack_scored(
+    network: nn.Module, score: Callable[[], torch.Tensor], reference: torch.Tensor | None = None
+) -> Verdict:
+    """:func:`checked_pack` for a model scored by ``score`` (a probe batch's logits, run once before packing
+    and once after); ``reference`` is the fp32 model's logits on that batch, or None for the eager logits
+    themselves (LLM rerankers, loaded in one precision only: packed may then differ by the floor alone)."""
+    eager = score()
+    reference = eager if reference is None else reference
     swapped: Swapped = []
     try:
         # Packing itself raises where oneDNN lacks a bf16 path for this CPU (no AVX-512BW/AVX-NE-CONVERT).
         _swap(network, swapped)
-        check = probe_check(reference, eager, probe_logits(network, probe))
+        check = probe_check(reference, eager, score())
     except Exception as exc:  # whatever breaks the optional fast path leaves the eager model
         # Not remembered (final=False): it may not happen again (out of memory), and it is found quickly.
         verdict = Verdict(EAGER, str(exc), final=False)

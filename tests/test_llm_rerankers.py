@@ -21,6 +21,7 @@ import dheera_local
 from dheera_local import InvalidRequestError, Reranker, UnsupportedModelError
 from dheera_local._cache import KeyMaker
 from dheera_local._catalog import check_cross_encoder, lookup
+from dheera_local._cpu_kernels import packing_available
 from dheera_local._discovery import LocalWeights
 from dheera_local._errors import LocalBackendError
 from dheera_local._llm_templates import BGE_GEMMA, QWEN3
@@ -253,6 +254,21 @@ def test_prefix_reuse_padding_side_and_batches_change_no_score(llm_models: dict[
     assert [len(g.indices) for g in groups if g.prefix_len] == [5, 5]  # each query's documents share its prefix
     # One pair alone scores as it does among others.
     assert reused.logits(pairs[1:2], 96, 1 << 20) == pytest.approx(baseline[1:2], abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gemma", "qwen3"])
+def test_packed_cpu_linears_change_no_score(llm_models: dict[str, Path], family: str) -> None:
+    template = BGE_GEMMA if family == "gemma" else QWEN3
+    weights = LocalWeights(llm_models[family], family, "test")
+    pairs = [(QUERY, doc) for doc in DOCS] + [("tea", "a cup of tea")]
+    eager = LlmModel(weights, "cpu", torch.float32, template, cpu_kernels="eager")
+    assert eager.kernels == "sdpa"
+    packed = LlmModel(weights, "cpu", torch.float32, template)
+    if not packing_available("cpu", torch.float32):
+        pytest.skip("this torch build or CPU has no oneDNN packed fp32 linears")
+    assert packed.kernels == "sdpa, onednn-packed"
+    assert any(type(m).__name__ == "PackedLinear" for m in packed.body.modules())
+    assert packed.logits(pairs, 96, 1 << 20) == pytest.approx(eager.logits(pairs, 96, 1 << 20), abs=1e-4)
 
 
 # Cache, options, catalog ------------------------------------------------------------------------------

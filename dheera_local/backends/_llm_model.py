@@ -13,7 +13,9 @@ does not:
   query continues from them;
 * the batches: pairs go longest first into batches bounded by a padded-token budget (the reference:
   fixed counts, in input order for Qwen3). Right padding needs no attention mask under causal attention
-  (no real token sees a pad), so SDPA runs its causal kernel; left padding is kept for tests.
+  (no real token sees a pad), so SDPA runs its causal kernel; left padding is kept for tests;
+* the linears, on CPU: every projection's weight is laid out once for oneDNN at load (:mod:`.._cpu_kernels`)
+  instead of at every call, kept only if a probe pair scores as it did before packing.
 
 Scores are the reference's because the prompt's token ids are built by its procedure
 (:mod:`.._llm_templates`), and the arithmetic is the same up to float rounding.
@@ -31,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .._cpu_kernels import EAGER, PACKED, checked_pack_scored, packing_available
 from .._discovery import LocalWeights
 from .._errors import LocalBackendError
 from .._hardware import dtype_name
@@ -44,6 +47,11 @@ logger = logging.getLogger("dheera_local")
 # A query's documents reuse its prefix when they share at least this many tokens (below it the saving
 # is smaller than the cost of the extra forward pass and the cache copies).
 MIN_SHARED_PREFIX = 8
+# The packing check's probe: two pairs sharing a query, so the prefix-reuse path is what is checked.
+_PROBE_PAIRS = [
+    ("what is the capital of france", "Paris is the capital and largest city of France."),
+    ("what is the capital of france", "The Loire is the longest river in France."),
+]
 # Memory a load may use beyond the weights (activations, the tokenizer, allocator slack), as a fraction.
 LOAD_HEADROOM = 0.10
 
@@ -65,6 +73,7 @@ class LlmModel:
         template: Its prompt family (:data:`.._llm_templates.TEMPLATES`).
         prefix_reuse: Compute each query's shared prefix once (False: every pair in full; for tests).
         padding_side: "right" (no mask: the causal kernel) or "left" (explicit mask and positions).
+        cpu_kernels: "auto" (oneDNN packed linears where the CPU and the probe allow) or "eager".
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class LlmModel:
         *,
         prefix_reuse: bool = True,
         padding_side: str = "right",
+        cpu_kernels: str = "auto",
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -103,6 +113,17 @@ class LlmModel:
         self._cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
         self._lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
+        if packing_available(device, dtype, cpu_kernels):
+            self.kernels = f"sdpa, {self._pack()}"
+
+    def _pack(self) -> str:
+        """Pack the body's linears for oneDNN if a probe pair then scores as before; returns the kernels."""
+
+        def score() -> torch.Tensor:
+            return torch.tensor(self.logits(_PROBE_PAIRS, max_length=256, batch_tokens=512))
+
+        verdict = checked_pack_scored(self.body, score)
+        return PACKED if verdict.kernels == PACKED else EAGER
 
     def _head_rows(self, body: torch.nn.Module, config: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The output head's rows that make the score, [k, hidden], and each row's sign."""

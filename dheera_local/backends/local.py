@@ -132,7 +132,8 @@ def _load(weights: LocalWeights, key: LoadKey, verdicts: VerdictStore | None) ->
         if template is not None:  # a decoder-only reranker: scored through its prompt template
             from ._llm_model import LlmModel
 
-            return LlmModel(weights, key.device, key.dtype, template)  # type: ignore[return-value]
+            model = LlmModel(weights, key.device, key.dtype, template, cpu_kernels=key.cpu_kernels)
+            return model  # type: ignore[return-value]
         from ._torch_model import LocalModel
 
         return LocalModel(weights, key.device, key.dtype, key.cpu_kernels, verdicts)
