@@ -244,8 +244,12 @@ class RerankOptions(BaseModel):
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
+            return
         except ValidationError as exc:
-            raise _invalid_request(exc) from None
+            problem = _invalid_request(exc)
+        # Raised outside the except block: pydantic's error echoes the input (an api_key, say), and an
+        # exception raised inside would keep it as __context__ for any traceback printer to show.
+        raise problem
 
     @model_validator(mode="before")
     @classmethod

@@ -185,7 +185,7 @@ def engine_options_from_env(environ: Mapping[str, str] | None = None) -> dict[st
     ``rerank()`` checks it. Raises ConfigError naming the variable (never a secret's value)."""
     import typing
 
-    from ._options import RerankOptions, build_options
+    from ._options import RerankOptions
 
     env = _engine_env(environment(environ))
     hints = typing.get_type_hints(RerankOptions)
@@ -196,15 +196,25 @@ def engine_options_from_env(environ: Mapping[str, str] | None = None) -> dict[st
             continue
         raw, secret = env[variable], "SecretStr" in repr(hints[name])  # as _secret_options() says
         shown_raw = "(value hidden)" if secret else repr(raw.strip())
-        try:
-            value = TypeAdapter(hints[name]).validate_python(raw.strip())
-            options[name] = getattr(build_options(**{name: value}), name)
-        except ValidationError as exc:
-            problem = exc.errors()[0]["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
-            raise ConfigError(f"{variable}={shown_raw}: {name} should be {problem}", path=variable) from None
-        except InvalidRequestError as exc:
-            raise ConfigError(f"{variable}={shown_raw}: {exc}", path=variable) from None
+        options[name] = _env_option(name, hints[name], raw, f"{variable}={shown_raw}", variable)
     return options
+
+
+def _env_option(name: str, hint: object, raw: str, shown: str, variable: str) -> object:
+    """Option ``name`` read from its variable's ``raw`` text, or a ConfigError showing ``shown``."""
+    from ._options import build_options  # lazily, as above: _options imports this module
+
+    try:
+        value = TypeAdapter(hint).validate_python(raw.strip())
+        return getattr(build_options(**{name: value}), name)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+        refusal = ConfigError(f"{shown}: {name} should be {problem}", path=variable)
+    except InvalidRequestError as exc:
+        refusal = ConfigError(f"{shown}: {exc}", path=variable)
+    # Raised outside the except blocks: pydantic's error quotes the raw value (a secret, maybe), and an
+    # exception raised inside one keeps it as __context__.
+    raise refusal
 
 
 @dataclass(frozen=True)

@@ -198,8 +198,12 @@ def _add_serve(commands: Any, env: CliSettings) -> None:
                         help="seconds to send a request body once its head is in (default 60)")  # fmt: skip
     limits.add_argument("--keep-alive-timeout", type=_positive(float), metavar="S",
                         help="seconds an idle connection stays open (default 5)")  # fmt: skip
-    limits.add_argument("--max-connections", type=_positive(int), metavar="N",
-                        help="open connections; beyond: 503 (default: half the open-file limit, at most 1024)")
+    limits.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        metavar="N",
+        help="open connections; beyond: 503 (default: half the open-file limit, at most 1024)",
+    )
 
 
 def _positive(kind: type) -> Callable[[str], Any]:

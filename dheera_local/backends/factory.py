@@ -55,8 +55,14 @@ class Backends:
         self.provider_state: dict[str, dict[str, Any]] = {}  # per provider: its Endpoint.state
 
     def local(
-        self, weights: LocalWeights, *, max_length: int, device: str | None, dtype: str | None,
-        batch_tokens: int | None, prompt: str | None = None,
+        self,
+        weights: LocalWeights,
+        *,
+        max_length: int,
+        device: str | None,
+        dtype: str | None,
+        batch_tokens: int | None,
+        prompt: str | None = None,
     ) -> LocalBackend:
         """The local backend for ``weights`` (the model loads on first use); ``prompt``: an LLM reranker's."""
         return LocalBackend(

@@ -118,9 +118,7 @@ def _cohere_api(model: str, options: dict[str, Any], reranker: Reranker) -> dict
     return {**options, "api_base": settings.cohere_api_base, "api_key": key, "api_format": "cohere"}
 
 
-def _plan(
-    config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranker, env: dict[str, Any]
-) -> ServedModel:
+def _plan(config: ServerConfig, index: int, entry: ModelEntry, reranker: Reranker, env: dict[str, Any]) -> ServedModel:
     model = entry.dheera_ai_params.model
     try:
         options = build_options(**_cohere_api(model, model_options(config, entry, env), reranker))

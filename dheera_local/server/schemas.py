@@ -140,11 +140,11 @@ def validate(schema: type[Body], data: dict[str, Any]) -> Body:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        first = errors[0]
+        first = exc.errors(include_url=False, include_input=False)[0]
         param = loc_to_param(tuple(first["loc"]))
         problem = "required field is missing" if first["type"] == "missing" else first["msg"]
-        raise BodyValidationError(f"{param}: {problem}", field=param) from None
+    # Raised outside the except: pydantic's error quotes the body's values, which must not be its __context__.
+    raise BodyValidationError(f"{param}: {problem}", field=param)
 
 
 def openapi_body(*schemas: type[BaseModel]) -> dict[str, Any]:

@@ -80,7 +80,11 @@ class RerankService:
 
         def make(deployment: ServedModel) -> RerankRequest:
             return build_request(
-                deployment.model, body.query, body.texts, body.top_n, False,
+                deployment.model,
+                body.query,
+                body.texts,
+                body.top_n,
+                False,
                 options=_body_options(deployment.options, body),
             )
 

@@ -339,7 +339,7 @@ LLM_FAMILIES = ("gemma", "qwen3")
 # Texts the templates put around each pair: in the tokenizer's training data, so they tokenize into few,
 # stable pieces, and "yes", "no", "Yes" become single tokens (the templates read their logits).
 _TEMPLATE_TEXTS = (
-    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that '
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that "
     'the answer can only be "yes" or "no".',
     "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: ",
     "\n<Document>: ",
