@@ -79,9 +79,7 @@ def build(models_dir: Path, dataset: Path, twin: str, tiny: bool = False) -> Pat
     return folder
 
 
-def child(
-    system: str, twin: str, folder: Path, query: str, docs: list[str], device: str, dtype: str
-) -> dict[str, Any]:
+def child(system: str, twin: str, folder: Path, query: str, docs: list[str], device: str, dtype: str) -> dict[str, Any]:
     import torch
 
     torch_dtype = getattr(torch, dtype)

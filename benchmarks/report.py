@@ -234,6 +234,26 @@ def one_liners(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def llm_table(results: list[dict[str, Any]]) -> list[str]:
+    """The llm section: ours against each LLM reranker's reference code, on full-shape twins."""
+    if not results:
+        return []
+    lines = [
+        "### LLM rerankers (full-shape twins: their speed is real, their scores are not)", "",
+        "| twin | pairs | device, precision | reference s | ours s | x reference | peak RSS ours / reference "
+        "| max abs score difference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in results:
+        probe = f" ({r['speedup_without_probe']:.2f}x without its probe pass)" if "speedup_without_probe" in r else ""
+        lines.append(
+            f"| {r['twin']} | {r['pairs']} | {r['device']}, {r['dtype']} | {r['reference_s']:.1f} | {r['ours_s']:.1f} "
+            f"| {r['speedup']:.2f}x{probe} | {r['ours_peak_rss'] / 2**30:.2f} / {r['reference_peak_rss'] / 2**30:.2f}"
+            f" GiB ({r['rss_ratio']:.2f}x) | {r['max_abs_score_diff']:.1e} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(data: dict[str, Any], charts: list[Path]) -> str:
     machine, rows = data["machine"], data["rows"]
     lines = [f"## Benchmarks, {data.get('date', '')}{title_suffix(machine)}", "", machine_line(machine), ""]
@@ -242,6 +262,7 @@ def markdown(data: dict[str, Any], charts: list[Path]) -> str:
     for section in SECTIONS:
         lines += table(section, rows)
     lines += one_liners(rows)
+    lines += llm_table(data.get("llm", []))
     lines += [f"Note: {note}" for note in data.get("notes", [])]
     lines += ["", *(f"![{chart.stem}]({chart.name})" for chart in charts)]
     return "\n".join(lines) + "\n"
@@ -272,6 +293,7 @@ def write_report(suite: Any, out: Path, publish: str | None = None) -> Path:
         "quick": suite.quick,
         "rows": rows,
         "notes": suite.notes,
+        "llm": suite.llm,
     }
     (folder / "results.json").write_text(json.dumps(data, indent=1))
     print(render(data, folder))

@@ -10,8 +10,9 @@ committed. Speed and fidelity lead with the real trained reranker cross-encoder/
 trained-body model (MiniLM-L6 body, fitted head: weights not int8-rounded, where int8 is judged too) and
 architecture twins (random weights, real shapes: their speed is real, their scores are not);
 fidelity against sentence-transformers fp32 on the real model and the trained body, over NovelEval's
-21 queries x 20 candidates; ``--isa avx2`` runs every system as on an AVX2-only laptop; ``--only gpu`` measures a
-CUDA card (skipped without one).
+21 queries x 20 candidates; ``--isa avx2`` runs every system as on an AVX2-only laptop; ``--only llm`` times the
+LLM rerankers (Qwen3-Reranker-0.6B and bge-reranker-v2-gemma twins) against their reference code; ``--only gpu``
+measures a CUDA card, the Qwen3 twin in bf16 included (skipped without one).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from workloads import DEFAULT_DATASET, Request, Workload, batch_of_queries, load
 
 from dheera_local._hardware import cpu_features  # noqa: E402
 
-SECTIONS = "speed,fidelity,server,cache,remote,batch,real,gpu"
+SECTIONS = "speed,fidelity,server,cache,remote,batch,real,llm,gpu"
+# The llm section's full-shape twins; gemma's reference needs ~19 GB at its peak (fp32 weights and its logits).
+LLM_TWINS = {"qwen3-0.6b": 0, "gemma-2b": 24 * 2**30}  # twin: the physical memory it is run with
 SPEED_MODELS = ("real", "bge-twin", "trained-body")  # --models: the speed and fidelity sections' models
 # A laptop stand-in: oneDNN, ATen's vectorised kernels, MKL and fbgemm (torch's dynamic int8, which
 # infinity's int8 uses) each limited to AVX2.
@@ -275,6 +278,7 @@ class Suite:
         args.models_dir.mkdir(parents=True, exist_ok=True)
         self.peaks, self.cpu_name = self.measure_peaks("cpu", ("float32", "bfloat16", "int8"))
         self.gpu: dict[str, Any] = {}
+        self.llm: list[dict[str, Any]] = []  # benchmarks/llm_rerankers.py's summaries
         self.wanted_peers = {name for name in args.peers.split(",") if name} - (
             {"infinity"} if args.no_infinity else set()
         )
@@ -534,6 +538,33 @@ class Suite:
             for run in runs
         ]  # fmt: skip
         same_precision_ratios(rows)
+        if on_gpu:  # the LLM rerankers in bf16 on the card, ours against the reference loop
+            self.llm_section(device, "bfloat16")
+
+    def llm_section(self, device: str = "cpu", dtype: str = "float32") -> None:
+        """LLM rerankers on full-shape twins, ours against each model's reference code, by
+        ``benchmarks/llm_rerankers.py`` (each system in a fresh process, alternating). ``--quick``: the Qwen3
+        twin only, one round of 8 passages."""
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        for name, needs in LLM_TWINS.items():
+            if self.quick and name != "qwen3-0.6b":
+                continue
+            if memory < needs:
+                self.notes.append(f"llm {name} twin skipped: its reference needs {needs / 2**30:.0f} GiB of memory")
+                continue
+            out = self.args.models_dir / f"llm-{name}-{device}-{dtype}.json"
+            sizes = ["--rounds", "1", "--passages", "8"] if self.quick else ["--rounds", "3", "--passages", "20"]
+            command = [
+                sys.executable, str(HERE / "llm_rerankers.py"), "--twin", name, *sizes,
+                "--device", device, "--dtype", dtype, "--dataset", str(self.args.dataset),
+                "--models-dir", str(self.args.models_dir), "--out", str(out),
+            ]  # fmt: skip
+            print(f"llm: {name} twin on {device} ...", file=sys.stderr)
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **self.isa_env})
+            if done.returncode:
+                self.notes.append(f"llm {name} twin failed: {done.stderr.strip()[-300:]}")
+                continue
+            self.llm.append({k: v for k, v in json.loads(out.read_text()).items() if k != "runs"})
 
 
 def tokenize_ms(model: Path, workload: Workload, rounds: int = 5) -> float:
@@ -607,6 +638,8 @@ def run_sections(suite: Suite, sections: set[str]) -> None:
     if "real" in sections:
         for folder in args.model:
             suite.real(Path(folder))
+    if "llm" in sections:
+        suite.llm_section()
     if "gpu" in sections:
         gpu_model = base if args.gpu_twin == "bge-reranker-base" else twin(args.gpu_twin, args.models_dir, suite.corpus)
         suite.gpu_section(gpu_model, f"{args.gpu_twin} twin (random weights)")
