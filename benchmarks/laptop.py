@@ -259,10 +259,12 @@ def profile_one(name: str, spec: dict) -> None:
 
         encoder = CrossEncoder(spec["model"], device="cpu", local_files_only=True)
 
+        widths = count_st_padding(encoder)
+
         def call() -> None:
+            widths.clear()
             encoder.predict(pairs, activation_fn=torch.nn.Identity())
 
-        padded = st_padded_tokens(encoder.tokenizer, pairs)
     else:
         import dheera_local
 
@@ -271,12 +273,13 @@ def profile_one(name: str, spec: dict) -> None:
         def call() -> None:
             dheera_local.rerank(spec["model"], request["query"], request["documents"], **options)
 
-        padded = ours_padded_tokens(spec["model"], pairs)
+        widths = None
     call()  # load and warm up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         started = time.perf_counter()
         call()
         wall = time.perf_counter() - started
+    padded = sum(widths) if widths else ours_padded_tokens(spec["model"], pairs)
     categories: dict[str, float] = defaultdict(float)
     total = 0.0
     for event in prof.key_averages():
@@ -293,23 +296,35 @@ def pair_lengths(tokenizer, pairs: list[tuple[str, str]]) -> list[int]:  # noqa:
     return [len(ids) for ids in encoded["input_ids"]]
 
 
-def st_padded_tokens(tokenizer, pairs: list[tuple[str, str]], batch_size: int = 32) -> int:  # noqa: ANN001
-    """CrossEncoder.predict pads each batch of 32 (in input order) to its longest pair."""
-    lengths = pair_lengths(tokenizer, pairs)
-    batches = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
-    return sum(max(batch) * len(batch) for batch in batches)
+def count_st_padding(encoder) -> list[int]:  # noqa: ANN001
+    """The padded tokens of each batch CrossEncoder.predict runs, read from its own features (how it sorts and
+    pads changes between versions: 6.x sorts pairs by character length before cutting batches of 32)."""
+    seen: list[int] = []
+    preprocess = encoder.preprocess
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        features = preprocess(*args, **kwargs)
+        seen.append(int(features["input_ids"].numel()))
+        return features
+
+    encoder.preprocess = counted
+    return seen
 
 
 def ours_padded_tokens(model: str, pairs: list[tuple[str, str]]) -> int:
-    """dheera_local sorts pairs by length and groups them under a 2,048 padded-token budget (CPU)."""
+    """dheera_local sorts pairs by length and groups them under a 2,048 padded-token budget (CPU), each batch
+    padded to its longest pair rounded up to 16 tokens."""
     from transformers import AutoTokenizer
 
     from dheera_local._token_budget import plan_batches
+    from dheera_local.backends._torch_model import CPU_WIDTH_STEP
     from dheera_local.backends.local import default_batch_tokens
 
     lengths = pair_lengths(AutoTokenizer.from_pretrained(model), pairs)
     batches = plan_batches(lengths, default_batch_tokens("cpu"))
-    return sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+    # Widths are rounded up to CPU_WIDTH_STEP tokens, never past the window (oneDNN keeps memory per shape).
+    widths = [min(-(-max(lengths[i] for i in batch) // CPU_WIDTH_STEP) * CPU_WIDTH_STEP, 512) for batch in batches]
+    return sum(width * len(batch) for width, batch in zip(widths, batches, strict=True))
 
 
 if __name__ == "__main__":
