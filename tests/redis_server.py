@@ -12,8 +12,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import redis
 
 BINARIES = ("redis-server", "valkey-server")
@@ -26,6 +29,26 @@ def server_binary() -> str | None:
         if found:
             return found
     return None
+
+
+NOT_INSTALLED = "redis-server is not installed (apt-get install redis-server; .ci/run installs it in CI)"
+
+
+def skip_without_server() -> None:
+    """Skip the calling test (or fixture) where neither binary is installed."""
+    if server_binary() is None:
+        pytest.skip(NOT_INSTALLED)
+
+
+@contextmanager
+def running_server(folder: Path) -> Iterator[RedisServer]:
+    """A started server on a loopback port, killed afterwards; the test is skipped where none is installed."""
+    skip_without_server()
+    server = RedisServer(folder).start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 def _free_port() -> int:

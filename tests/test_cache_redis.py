@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_server import RedisServer, server_binary
+from redis_server import RedisServer, skip_without_server
 
 import dheera_local
 from conftest import TINY_BERT_ID, closed_port
@@ -22,15 +22,12 @@ QUERY = "capital city"
 DOCS = ["washington is the capital", "a river in france", "tokyo"]
 
 
-def _needs_redis() -> None:
-    if server_binary() is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it in CI)")
 
 
 @pytest.fixture(scope="module")
 def redis_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server on a loopback port for the module; each test flushes it first."""
-    _needs_redis()
+    skip_without_server()
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.kill()
@@ -146,7 +143,7 @@ def test_the_tier_is_asked_again_after_it_comes_back(tier: RedisServer, tmp_path
 
 
 def test_a_unix_socket_tier_named_by_the_environment(tmp_path: Path) -> None:
-    _needs_redis()
+    skip_without_server()
     server = RedisServer(tmp_path / "unix", unix=True).start()
     try:
         env = {"DHEERA_CACHE_URL": server.url, "HF_HUB_CACHE": str(_hub()), "DHEERA_CACHE_DIR": str(tmp_path / "c")}
@@ -178,7 +175,7 @@ def test_the_environment_names_the_tier_for_rerank(
 
 
 def test_a_password_is_masked_and_a_wrong_one_degrades(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _needs_redis()
+    skip_without_server()
     server = RedisServer(tmp_path / "auth", password="right-horse-battery").start()
     try:
         good = _reranker(server.url, tmp_path / "a")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, server_binary
+from redis_server import RedisServer, running_server
 
 import dheera_local
 from dheera_local import ConfigError
@@ -339,11 +339,8 @@ def test_a_route_field_named_like_a_record_attribute_is_prefixed(json_log: io.St
 
 @pytest.fixture
 def tier(tmp_path: Path) -> Iterator[RedisServer]:
-    if server_binary() is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it in CI)")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.kill()
+    with running_server(tmp_path / "redis") as server:
+        yield server
 
 
 def test_two_levels_copy_a_tier_hit_with_the_time_it_has_left(tier: RedisServer, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from redis_server import RedisServer, server_binary
+from redis_server import RedisServer, running_server
 
 from conftest import closed_port
 from loopback import Fault, LoopbackServer, Servers
@@ -29,11 +29,8 @@ WARNING = "shared score cache"
 
 @pytest.fixture
 def tier(tmp_path: Path) -> Iterator[RedisServer]:
-    if server_binary() is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it in CI)")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.kill()
+    with running_server(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture
