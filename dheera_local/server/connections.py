@@ -13,8 +13,10 @@ they made every legitimate request fail with ``Too many open files`` (issue 26).
   so the file descriptors in use stay bounded whatever a client opens. The default is half the process's
   open-file limit, at most 1,024, leaving the other half to the models, the cache and remote calls.
 * ``backlog``: asyncio accepts up to this many queued connections in one go, before any is answered or
-  closed, so a burst holds up to cap + 2 x backlog descriptors: it is a quarter of the open-file limit
-  (at most uvicorn's 2,048), else a burst of 300 sockets under a 256-file limit still hit ``EMFILE``.
+  closed, so a burst holds up to cap + 2 x backlog descriptors beside what the process holds anyway (the
+  model's files, the cache, the logs): it is an eighth of the open-file limit (at most uvicorn's 2,048),
+  leaving a quarter of it to those. With uvicorn's 2,048 a burst of 300 sockets under a 256-file limit hit
+  ``EMFILE``; with a quarter it still did, now and then, on a loaded 2-core CI machine.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ def default_max_connections() -> int:
 
 
 def default_backlog() -> int:
-    """A quarter of the soft open-file limit, between 16 and 2,048 (see the module docstring)."""
-    return max(16, min(2048, _open_file_limit() // 4))
+    """An eighth of the soft open-file limit, between 16 and 2,048 (see the module docstring)."""
+    return max(16, min(2048, _open_file_limit() // 8))
 
 
 @dataclass(frozen=True)
