@@ -259,10 +259,10 @@ def profile_one(name: str, spec: dict) -> None:
 
         encoder = CrossEncoder(spec["model"], device="cpu", local_files_only=True)
 
-        widths = count_st_padding(encoder)
+        padded_per_batch = count_st_padding(encoder)
 
         def call() -> None:
-            widths.clear()
+            padded_per_batch.clear()
             encoder.predict(pairs, activation_fn=torch.nn.Identity())
 
     else:
@@ -273,13 +273,14 @@ def profile_one(name: str, spec: dict) -> None:
         def call() -> None:
             dheera_local.rerank(spec["model"], request["query"], request["documents"], **options)
 
-        widths = None
+        padded_per_batch = None
     call()  # load and warm up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         started = time.perf_counter()
         call()
         wall = time.perf_counter() - started
-    padded = sum(widths) if widths else ours_padded_tokens(spec["model"], pairs)
+    # sentence-transformers' as it ran; ours as its planner cuts them (the same planner the backend calls).
+    padded = sum(padded_per_batch) if padded_per_batch else ours_padded_tokens(spec["model"], pairs)
     categories: dict[str, float] = defaultdict(float)
     total = 0.0
     for event in prof.key_averages():
