@@ -39,9 +39,9 @@ from models import TRAINED_BODY
 from torch import nn
 from workloads import DEFAULT_DATASET, batch_of_queries, load_noveleval, single_query
 
-from dheera_local._cpu_kernels import PackedLinear
-from dheera_local._discovery import LocalWeights
-from dheera_local.backends._torch_model import LocalModel
+from dheera_local._local.cpu_kernels import PackedLinear
+from dheera_local._local.torch_model import LocalModel
+from dheera_local._models.discovery import LocalWeights
 
 
 def outlier_channels(largest: torch.Tensor, threshold: float | None) -> torch.Tensor:

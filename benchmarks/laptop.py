@@ -317,9 +317,9 @@ def ours_padded_tokens(model: str, pairs: list[tuple[str, str]]) -> int:
     padded to its longest pair rounded up to 16 tokens."""
     from transformers import AutoTokenizer
 
-    from dheera_local._token_budget import plan_batches
-    from dheera_local.backends._torch_model import CPU_WIDTH_STEP
-    from dheera_local.backends.local import default_batch_tokens
+    from dheera_local._local.backend import default_batch_tokens
+    from dheera_local._local.token_budget import plan_batches
+    from dheera_local._local.torch_model import CPU_WIDTH_STEP
 
     lengths = pair_lengths(AutoTokenizer.from_pretrained(model), pairs)
     batches = plan_batches(lengths, default_batch_tokens("cpu"))

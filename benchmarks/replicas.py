@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from dheera_local import RedisCacheStore, Reranker, Settings, testing
-from dheera_local._cache import CacheStore
+from dheera_local._cache.store import CacheStore
 
 WORDS = "capital city river museum paris tokyo washington france history science music river bank".split()
 

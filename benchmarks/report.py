@@ -31,7 +31,7 @@ def machine_description(suite: Any) -> dict[str, Any]:
     import torch
 
     import dheera_local
-    from dheera_local._hardware import cpu_features
+    from dheera_local._local.hardware import cpu_features
 
     return {
         "cpu": suite.cpu_name,

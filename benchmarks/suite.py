@@ -40,7 +40,7 @@ from models import real_minilm, trained_body, twin  # noqa: E402
 from peers import PEERS, ensure_peer  # noqa: E402
 from workloads import DEFAULT_DATASET, Request, Workload, batch_of_queries, load_noveleval, single_query  # noqa: E402
 
-from dheera_local._hardware import cpu_features  # noqa: E402
+from dheera_local._local.hardware import cpu_features  # noqa: E402
 
 SECTIONS = "speed,fidelity,server,cache,remote,batch,real,llm,gpu"
 # The llm section's full-shape twins; gemma's reference needs ~19 GB at its peak (fp32 weights and its logits).

@@ -360,7 +360,7 @@ def lean_tei_client(base: str, headers: dict[str, str]) -> Callable[[Request], l
 
 def run_ours_server(spec: dict) -> dict:
     """Our proxy over HTTP (TEI-format route, raw logits); ``cached`` fills the cache first."""
-    from dheera_local._hardware import dtype_name, resolve_dtype
+    from dheera_local._local.hardware import dtype_name, resolve_dtype
 
     cached = spec.get("cached", False)
     config = Path(tempfile.mkdtemp()) / "config.yaml"

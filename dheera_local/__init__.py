@@ -14,39 +14,41 @@ import typing as _typing
 _EXPORTS = {
     "AllBackendsFailedError": "._errors",
     "ApiVersion": "._response",
-    "Backend": ".backends.base",
+    "Backend": "._backend",
     "BackendError": "._errors",
-    "Backends": ".backends.factory",
+    "Backends": "._engine.factory",
     "BilledUnits": "._response",
-    "CacheStore": "._cache",
+    "CacheStore": "._cache.store",
     "ConfigError": "._errors",
     "DheeraError": "._errors",
     "Endpoint": ".providers",
-    "HttpClients": ".backends._http",
+    "HttpClients": "._remote.http",
     "InvalidRequestError": "._errors",
-    "LocalBackend": ".backends.local",
+    "LocalBackend": "._local.backend",
     "LocalBackendError": "._errors",
+    "ModelBackend": "._backend",
+    "ModelIdentity": "._models.identity",
     "ModelNotAvailableError": "._errors",
     "OverloadedError": "._errors",
-    "PairScores": "._orchestrator",
-    "Plan": "._selector",
+    "PairScores": "._engine.orchestrator",
+    "Plan": "._engine.plan",
     "Provider": ".providers",
-    "RedisCacheStore": "._cache_redis",
+    "RedisCacheStore": "._cache.shared_tier",
     "RemoteBackendError": "._errors",
     "RerankMeta": "._response",
     "RerankOptions": "._options",
-    "RerankRequest": "._request",
+    "RerankRequest": "._engine.request",
     "RerankResponse": "._response",
     "RerankResult": "._response",
-    "Reranker": "._orchestrator",
-    "RetryPolicy": ".backends._http",
+    "Reranker": "._engine.orchestrator",
+    "RetryPolicy": "._remote.http",
     "ServedBy": "._response",
     "Settings": "._settings",
     "Tokens": "._response",
     "ShuttingDownError": "._errors",
     "UnsupportedModelError": "._errors",
     "arerank": "._api",
-    "close_all": "._runtime",
+    "close_all": "._engine.runtime",
     "register_provider": ".providers",
     "rerank": "._api",
     "unregister_provider": ".providers",
@@ -54,8 +56,14 @@ _EXPORTS = {
 
 if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from ._api import arerank, rerank
-    from ._cache import CacheStore
-    from ._cache_redis import RedisCacheStore
+    from ._backend import Backend, ModelBackend
+    from ._cache.shared_tier import RedisCacheStore
+    from ._cache.store import CacheStore
+    from ._engine.factory import Backends
+    from ._engine.orchestrator import PairScores, Reranker
+    from ._engine.plan import Plan
+    from ._engine.request import RerankRequest
+    from ._engine.runtime import close_all
     from ._errors import (
         AllBackendsFailedError,
         BackendError,
@@ -69,17 +77,12 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         ShuttingDownError,
         UnsupportedModelError,
     )
+    from ._local.backend import LocalBackend
+    from ._models.identity import ModelIdentity
     from ._options import RerankOptions
-    from ._orchestrator import PairScores, Reranker
-    from ._request import RerankRequest
+    from ._remote.http import HttpClients, RetryPolicy
     from ._response import ApiVersion, BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy, Tokens
-    from ._runtime import close_all
-    from ._selector import Plan
     from ._settings import Settings
-    from .backends._http import HttpClients, RetryPolicy
-    from .backends.base import Backend
-    from .backends.factory import Backends
-    from .backends.local import LocalBackend
     from .providers import Endpoint, Provider, register_provider, unregister_provider
 
 
@@ -114,6 +117,8 @@ __all__ = [
     "InvalidRequestError",
     "LocalBackend",
     "LocalBackendError",
+    "ModelBackend",
+    "ModelIdentity",
     "ModelNotAvailableError",
     "OverloadedError",
     "PairScores",

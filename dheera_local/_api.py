@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._request import build_request
+from ._engine.request import build_request
+from ._engine.runtime import default_reranker
 from ._response import RerankResponse
-from ._runtime import default_reranker
 
 
 def rerank(

@@ -14,8 +14,10 @@ To add an option: a field here, its parameter in ``_api.rerank``/``arerank``, an
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +28,67 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, Validati
 
 from . import _secrets as secrets
 from ._errors import InvalidRequestError, shown
-from ._hardware import check_device, check_dtype
 from .providers import ProviderNames
 
 BACKENDS = ("auto", "local", "remote")
 API_FORMATS = ProviderNames()  # the registered providers' names, read when checked (dheera_local.providers)
 MIN_MAX_LENGTH = 8
+
+
+# Device and precision names, checked without torch (a typo is refused before any load or network call;
+# whether this machine has the device is _local.hardware's question, asked when a local model is planned).
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "int8": "int8",  # opt-in, CPU only: dynamic int8 linears (dheera_local._local.int8); never chosen by auto
+}
+
+
+# torch.device's types (torch 2.x), and "npu", the name Ascend's torch_npu gives torch's privateuse1 backend.
+DEVICE_TYPES = (
+    "cpu", "cuda", "mps", "xpu", "hip", "xla", "meta", "hpu", "mtia", "maia", "ipu", "ve", "fpga", "lazy", "vulkan",
+    "opengl", "opencl", "ideep", "mkldnn", "privateuseone", "npu",
+)  # fmt: skip
+_DEVICE = re.compile(r"([a-z]+)(?::(0|[1-9][0-9]*))?")
+
+
+def check_device(value: object, name: str = "device") -> str | None:
+    """``value`` if it spells a torch device (``auto``, ``cpu``, ``cuda:1``...), checked without torch: a typo is
+    refused when the request is made, whichever backend would serve it. Whether this machine has that device
+    is :func:`resolve_device`'s question, asked when a local model is planned."""
+    if value is None or value == "auto":
+        return value
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{name} must be a string such as 'cpu' or 'cuda:0', got {shown(value)}", field=name)
+    match = _DEVICE.fullmatch(value)
+    if match is None or match.group(1) not in DEVICE_TYPES:
+        kind = value.split(":", 1)[0].strip().lower()
+        hint = ["cuda"] if kind == "gpu" else difflib.get_close_matches(kind, ("auto", *DEVICE_TYPES), n=1)
+        raise InvalidRequestError(
+            f"{name} {shown(value)} is not a torch device: use auto, cpu, cuda, cuda:N, mps or xpu"
+            + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+            field=name,
+        )
+    return value
+
+
+def check_dtype(value: object, name: str = "dtype") -> str | None:
+    """``value`` if it names a precision (``auto``, ``float16``, ``bf16``...), checked without torch."""
+    if value is None or value == "auto" or (isinstance(value, str) and value.lower() in DTYPE_NAMES):
+        return value
+    names = ("auto", *DTYPE_NAMES)
+    hint = difflib.get_close_matches(value.lower(), names, n=1) if isinstance(value, str) else []
+    raise InvalidRequestError(
+        f"{name} {shown(value)} is not one of: {', '.join(sorted(names))}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+        field=name,
+    )
 
 
 # Checks: each takes the raw value and its name, returns the value to use or raises InvalidRequestError.

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _close_runtime() -> None:
     """The CLI owns its process: close what it shares (caches, models), if a command opened any."""
-    runtime = sys.modules.get("dheera_local._runtime")
+    runtime = sys.modules.get("dheera_local._engine.runtime")
     if runtime is not None:
         runtime.close_all()
 
@@ -227,7 +227,7 @@ def _add_score(commands: Any) -> None:
 
 
 def _cmd_rerank(args: argparse.Namespace) -> int:
-    from ._runtime import default_reranker
+    from ._engine.runtime import default_reranker
 
     documents = _read_documents(args)
     rank_fields = [f.strip() for f in args.rank_fields.split(",") if f.strip()] if args.rank_fields else None
@@ -305,7 +305,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _how_to_get(row: dict[str, Any]) -> str:
-    from ._catalog import LLM_LAYERWISE
+    from ._models.catalog import LLM_LAYERWISE
 
     if row["kind"] == LLM_LAYERWISE:  # pull refuses it: suggesting it would send the user into an error
         return f"no (not supported: {row['kind']}, see `dheera-local pull {row['model']}`)"
@@ -314,10 +314,10 @@ def _how_to_get(row: dict[str, Any]) -> str:
 
 def _model_rows() -> list[dict[str, Any]]:
     """models.txt's models (local or not), then every other cross-encoder found in the HF cache."""
-    from ._catalog import check_cross_encoder, known_models, lookup
-    from ._discovery import cached_models
     from ._errors import DheeraError
-    from ._llm_templates import template_for_folder, template_for_name
+    from ._models.catalog import check_cross_encoder, known_models, lookup
+    from ._models.discovery import cached_models
+    from ._models.llm_templates import template_for_folder, template_for_name
     from ._settings import Settings
 
     cached = {model.hub_id.lower(): model for model in cached_models(Settings.from_env().hub_cache)}
@@ -350,9 +350,9 @@ def _model_rows() -> list[dict[str, Any]]:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from ._discovery import find_local_weights
-    from ._model_ref import parse_model
-    from ._pull import pull
+    from ._models.discovery import find_local_weights
+    from ._models.model_ref import parse_model
+    from ._models.pull import pull
     from ._settings import Settings
 
     settings = Settings.from_env()
@@ -370,7 +370,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from ._cache import SHARED_CACHES
+    from ._cache.store import SHARED_CACHES
     from ._settings import Settings
 
     settings = Settings.from_env()

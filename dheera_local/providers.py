@@ -1,7 +1,7 @@
 """Remote providers: the wire formats ``api_format`` names, registered in one place.
 
 A provider is a name (the ``api_format`` value), the environment variables that hold its key, where
-that key may be sent, and how to make the :class:`~dheera_local.backends.base.Backend` for one
+that key may be sent, and how to make the :class:`~dheera_local._backend.Backend` for one
 endpoint. Everything that lists wire formats reads this registry: the ``api_format`` check, the
 CLI's ``--api-format`` choices, config.yaml's ``api_format``, the key read from the environment
 (:class:`~dheera_local.Settings`), :mod:`dheera_local.testing`'s fake reranker. The built-ins (``tei``,
@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from .backends._http import Call, HttpClients, RetryPolicy
-    from .backends._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order
-    from .backends.base import Backend, PairsByQuery
+    from ._backend import Backend, PairsByQuery
+    from ._remote.backend import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order
+    from ._remote.http import Call, HttpClients, RetryPolicy
 
 logger = logging.getLogger("dheera_local")
 
@@ -157,7 +157,7 @@ class _Registry:
         if self._loaded:
             return
         self._loaded = True  # first: the built-ins and plugins register through register(), which calls _load
-        importlib.import_module(".backends.builtin_providers", __package__)
+        importlib.import_module("._remote.builtin", __package__)
         from importlib.metadata import entry_points  # ~50 ms of imports: paid on first use, not at import
 
         for point in entry_points(group=ENTRY_POINT_GROUP):
@@ -240,15 +240,15 @@ class ProviderNames(Sequence[str]):
 
 # The remote toolkit, loaded on first use: importing it imports httpx.
 _TOOLKIT = {
-    "Backend": ".backends.base",
-    "PairsByQuery": ".backends.base",
-    "Call": ".backends._http",
-    "HttpClients": ".backends._http",
-    "RetryPolicy": ".backends._http",
-    "RemoteBackend": ".backends._remote",
-    "group_by_limits": ".backends._remote",
-    "probability_to_logit": ".backends._remote",
-    "scores_in_order": ".backends._remote",
+    "Backend": "._backend",
+    "PairsByQuery": "._backend",
+    "Call": "._remote.http",
+    "HttpClients": "._remote.http",
+    "RetryPolicy": "._remote.http",
+    "RemoteBackend": "._remote.backend",
+    "group_by_limits": "._remote.backend",
+    "probability_to_logit": "._remote.backend",
+    "scores_in_order": "._remote.backend",
 }
 
 

@@ -22,10 +22,10 @@ import math
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ._engine.orchestrator import Reranker, relevance_score
 from ._errors import InvalidRequestError
-from ._model_ref import parse_model
+from ._models.model_ref import parse_model
 from ._options import OPTION_NAMES, RerankOptions, merge_options
-from ._orchestrator import Reranker, relevance_score
 from .score.rows import text_problem
 from .score.workers import Engine, score_chunk
 
@@ -76,7 +76,7 @@ class PairScorer:
         self.reranker = Reranker()
         local = self.engine.plan(self.reranker).local
         if local is not None:
-            local.model()  # load now, once per actor, rather than inside the first batch
+            local.prepare()  # load now, once per actor, rather than inside the first batch
 
     def __call__(self, batch: Any) -> Any:
         """Score one batch; returns it with the score columns added (the input is not modified)."""

@@ -18,7 +18,7 @@ import pytest
 
 from dheera_local import Reranker, testing
 from dheera_local import _secrets as secrets
-from dheera_local._runtime import close_default
+from dheera_local._engine.runtime import close_default
 from loopback import FAST, Servers
 
 # isolation_guard: the run fails if a test changes os.environ, ~/.cache/dheera_local or the real hub cache.

@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dheera_local import AllBackendsFailedError, ConfigError, InvalidRequestError, Reranker
+from dheera_local._remote.hf_hosted import is_hf_host
 from dheera_local._secrets import LOGGER_NAMES, MASK, mask, register
 from dheera_local._settings import Settings
-from dheera_local.backends.hf_hosted import is_hf_host
 from dheera_local.server import create_app, parse_config
 from loopback import FAST, Fault, Servers, by_index, call
 from server_harness import MASTER_KEY, LiveServer

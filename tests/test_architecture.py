@@ -3,7 +3,9 @@ the wire format chosen by the endpoint; what imports what, and who closes the sh
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +15,9 @@ import pytest
 import dheera_local
 from conftest import TINY_BERT_ID, closed_port
 from dheera_local import InvalidRequestError, Reranker, Settings
-from dheera_local._cache import SHARED_CACHES, CacheStore
+from dheera_local._cache.store import SHARED_CACHES, CacheStore
+from dheera_local._local.backend import SHARED_MODELS, LocalBackend
 from dheera_local._options import OPTION_NAMES, option_specs
-from dheera_local.backends.local import SHARED_MODELS, LocalBackend
 from loopback import Servers, by_index, reference_logits
 
 QUERY = "capital city"
@@ -74,6 +76,90 @@ def test_the_package_has_no_import_cycles() -> None:
         if graph.find_shortest_chain(importer=b, imported=a) is not None
     )
     assert cycles == []
+
+
+PACKAGE = Path(dheera_local.__file__).parent
+ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
+
+
+def runtime_imports(path: Path) -> list[str]:
+    """The dheera_local modules ``path`` imports when it runs (function-level imports included; ``if
+    TYPE_CHECKING:`` blocks left out: type checkers read them, the interpreter does not)."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.ImportFrom):
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - child.level + 1]) if child.level else ""
+                target = ".".join(filter(None, [base, child.module or ""]))
+                for alias in child.names:  # ``from . import _secrets``: the name is a module
+                    named = f"{target}.{alias.name}"
+                    is_module = (PACKAGE.parent / named.replace(".", "/")).with_suffix(".py").is_file()
+                    found.append(named if is_module else target)
+            elif isinstance(child, ast.Import):
+                found.extend(alias.name for alias in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return [name for name in found if name == "dheera_local" or name.startswith("dheera_local.")]
+
+
+def top_name(module: str) -> str:
+    """The package-root entry a module lives in: ``dheera_local._engine.plan`` -> ``_engine``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def documented_layers() -> tuple[dict[str, str], dict[str, set[str]]]:
+    """ARCHITECTURE.md's layer table: which layer each root entry is in, and what each layer may import."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    rows = text.split("<!-- layers -->", 1)[1].strip().split("\n\n", 1)[0].splitlines()[2:]
+    layer_of, allowed = {}, {}
+    for row in rows:
+        layer, holds, imports = (cell.strip() for cell in row.strip("|").split("|"))
+        for name in re.findall(r"`([^`]+)`", holds):
+            layer_of[name.rstrip("/").removesuffix(".py")] = layer
+        allowed[layer] = {layer} | {name.strip() for name in imports.split(",")}
+    everything = set(allowed)
+    return layer_of, {layer: everything if "every layer" in can else can for layer, can in allowed.items()}
+
+
+def test_architecture_md_places_every_module_and_the_imports_go_downward() -> None:
+    layer_of, allowed = documented_layers()
+    on_disk = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if p.suffix == ".py" or (p / "__init__.py").is_file()
+    }
+    assert on_disk == set(layer_of), "ARCHITECTURE.md's layer table must place each file at the package root"
+    upward = sorted(
+        f"{path.relative_to(PACKAGE)} ({layer_of[top_name(mine)]}) imports {theirs} ({layer_of[top_name(theirs)]})"
+        for path in PACKAGE.rglob("*.py")
+        for mine in [".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)]
+        for theirs in runtime_imports(path)
+        if layer_of[top_name(theirs)] not in allowed[layer_of[top_name(mine)]]
+    )
+    assert upward == []
+
+
+CONCRETE_BACKENDS = {"dheera_local._local.backend", "dheera_local._remote.tei", "dheera_local._remote.cohere",
+                     "dheera_local._remote.hf_hosted"}  # fmt: skip
+
+
+def test_only_the_factory_and_the_runtime_name_a_concrete_backend() -> None:
+    # The rest of the package (the orchestrator, the proxy, score, Ray) sees the Backend / ModelBackend protocols.
+    importers = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if CONCRETE_BACKENDS & set(runtime_imports(path))
+    }
+    outside = {name for name in importers if not name.startswith(("_local/", "_remote/"))}
+    assert outside == {"_engine/factory.py", "_engine/runtime.py"}
 
 
 # Injection, the plan and the owner of shared resources ---------------------------------------------------

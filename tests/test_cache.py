@@ -16,8 +16,9 @@ import pytest
 import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import Reranker
-from dheera_local._cache import SHARED_CACHES, CacheStore, ModelIdentity, ScoreCache, cache_key
-from dheera_local._discovery import find_in_hub_cache
+from dheera_local._cache.store import SHARED_CACHES, CacheStore, ScoreCache, cache_key
+from dheera_local._models.discovery import find_in_hub_cache
+from dheera_local._models.identity import ModelIdentity
 
 QUERY = "capital city"
 DOCS = ["washington is the capital", "a river in france", "tokyo"]

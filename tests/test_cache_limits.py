@@ -12,7 +12,7 @@ import pytest
 import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import close_all
-from dheera_local._cache import ENTRY_BYTES, SHARED_CACHES, ScoreCache
+from dheera_local._cache.store import ENTRY_BYTES, SHARED_CACHES, ScoreCache
 
 # Small enough to fill in a second: holds 9,375 rows of ENTRY_BYTES (the "9,200 rows near the limit").
 SIZE_LIMIT = 2_400_000

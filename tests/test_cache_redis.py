@@ -15,8 +15,8 @@ from redis_server import RedisServer, skip_without_server
 import dheera_local
 from conftest import TINY_BERT_ID, closed_port
 from dheera_local import ConfigError, RedisCacheStore, Reranker, Settings
-from dheera_local._cache import CacheStore, KeyMaker
-from dheera_local._cache_redis import KEY_PREFIX, redacted
+from dheera_local._cache.shared_tier import KEY_PREFIX, redacted
+from dheera_local._cache.store import CacheStore, KeyMaker
 
 QUERY = "capital city"
 DOCS = ["washington is the capital", "a river in france", "tokyo"]

@@ -10,7 +10,7 @@ import pytest
 import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import InvalidRequestError
-from dheera_local._chunking import ChunkSettings, TokenCounter, counter_for, document_windows, token_windows
+from dheera_local._local.chunking import ChunkSettings, TokenCounter, counter_for, document_windows, token_windows
 from dheera_local.testing.models import WORDS
 
 FILLER = [w for w in WORDS if w != "paris"]
@@ -112,7 +112,7 @@ def test_rank_fields_choose_what_is_scored_and_documents_come_back_whole(keyword
 
 
 def test_rank_fields_text_format_matches_cohere() -> None:
-    from dheera_local._request import build_request
+    from dheera_local._engine.request import build_request
 
     request = build_request(
         TINY_BERT_ID, "q", [{"title": "T", "year": 2020, "text": "x"}], rank_fields=["title", "year"]

@@ -18,7 +18,7 @@ import pytest
 import dheera_local
 from conftest import closed_port
 from dheera_local import Reranker
-from dheera_local.backends._http import retry_after
+from dheera_local._remote.http import retry_after
 from dheera_local.testing import install_in_hub_cache
 from loopback import Fault, Servers
 from server_harness import wait_until_ready

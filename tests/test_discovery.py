@@ -12,8 +12,8 @@ import pytest
 import dheera_local
 from conftest import BERT_REVISION, TINY_BERT_ID
 from dheera_local import ModelNotAvailableError
-from dheera_local._discovery import find_in_hub_cache, folder_fingerprint
-from dheera_local._model_ref import ModelKind, parse_model
+from dheera_local._models.discovery import find_in_hub_cache, folder_fingerprint
+from dheera_local._models.model_ref import ModelKind, parse_model
 from dheera_local._settings import hub_cache_dir
 from dheera_local.testing import install_in_hub_cache
 

@@ -84,13 +84,13 @@ def test_the_refusal_suggests_the_spelling(name: str, value: str, hint: str | No
 @pytest.mark.parametrize("dtype", ["auto", "float32", "FP16", "bf16", "half", None])
 def test_every_spelling_torch_accepts_passes_the_edge(device: str | None, dtype: str | None) -> None:
     # Whether this machine has the device is asked when a local model is planned, not at the edge.
-    request = dheera_local._request.build_request(MODEL, QUERY, DOCS, device=device, dtype=dtype)
+    request = dheera_local._engine.request.build_request(MODEL, QUERY, DOCS, device=device, dtype=dtype)
     assert (request.options.device, request.options.dtype) == (device, dtype)
 
 
 @pytest.mark.parametrize("device", ["cuda:", "cuda:-1", "cuda:01", " cpu", "CPU", "cuda:0:1", "gpu", ""])
 def test_device_spellings_torch_refuses_are_refused_without_torch(device: str) -> None:
-    refused(lambda: dheera_local._request.build_request(MODEL, QUERY, DOCS, device=device), "device")
+    refused(lambda: dheera_local._engine.request.build_request(MODEL, QUERY, DOCS, device=device), "device")
 
 
 # CLI ------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import dheera_local
-from dheera_local._cpu_kernels import EAGER, PACKED, pack_linears, packing_available, probe_check
-from dheera_local._hardware import cpu_features
+from dheera_local._local.cpu_kernels import EAGER, PACKED, pack_linears, packing_available, probe_check
+from dheera_local._local.hardware import cpu_features
 
 NATIVE_BF16 = cpu_features().native_bf16
 NEEDS_PACKING = pytest.mark.skipif(
@@ -152,7 +152,7 @@ def test_packing_that_raises_leaves_the_eager_model_intact(tiny_bert: Path) -> N
     script = (
         "import sys, torch\n"
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
-        "from dheera_local._cpu_kernels import pack_linears\n"
+        "from dheera_local._local.cpu_kernels import pack_linears\n"
         "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
         "features = dict(tok(['q', 'q'], ['a b', 'c d e'], padding=True, return_tensors='pt'))\n"
         "model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval().to(torch.bfloat16)\n"
@@ -186,7 +186,7 @@ def test_auto_precision_is_reported_and_follows_the_cpu() -> None:
 def test_undoing_the_swap_restores_the_eager_model(tiny_bert: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from dheera_local._cpu_kernels import _restore, _swap
+    from dheera_local._local.cpu_kernels import _restore, _swap
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     features = dict(tokenizer([QUERY] * 3, DOCS[:3], padding=True, return_tensors="pt"))
@@ -242,8 +242,8 @@ def test_bf16_on_cpu_leaves_the_memory_mapped_embedding_table_in_fp32(
     model_fixture: str, request: pytest.FixtureRequest
 ) -> None:
     # Converting the embedding table would read all of it (768 MB for XLM-R) beside its bf16 copy.
-    from dheera_local._discovery import LocalWeights
-    from dheera_local.backends._torch_model import LocalModel
+    from dheera_local._local.torch_model import LocalModel
+    from dheera_local._models.discovery import LocalWeights
 
     folder: Path = request.getfixturevalue(model_fixture)
     weights = LocalWeights(folder, str(folder), "test")

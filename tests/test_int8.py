@@ -12,8 +12,8 @@ import pytest
 import dheera_local
 from conftest import SEED_DOCUMENTS, SEED_QUERY
 from dheera_local import InvalidRequestError
-from dheera_local._hardware import CpuFeatures, resolve_dtype
-from dheera_local._int8 import INT8_KERNELS
+from dheera_local._local.hardware import CpuFeatures, resolve_dtype
+from dheera_local._local.int8 import INT8_KERNELS
 
 
 def test_int8_loads_on_cpu_and_says_so(tiny_bert: Path) -> None:

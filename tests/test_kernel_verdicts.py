@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dheera_local._cpu_kernels import EAGER, PACKED, packing_available, probe_passes
-from dheera_local._discovery import LocalWeights, folder_fingerprint
-from dheera_local._kernel_verdicts import FOLDER, ProbeKey, VerdictStore, probe_key
-from dheera_local.backends._torch_model import LocalModel
+from dheera_local._local.cpu_kernels import EAGER, PACKED, packing_available, probe_passes
+from dheera_local._local.kernel_verdicts import FOLDER, ProbeKey, VerdictStore, probe_key
+from dheera_local._local.torch_model import LocalModel
+from dheera_local._models.discovery import LocalWeights, folder_fingerprint
 
 pytestmark = pytest.mark.skipif(
     not packing_available("cpu", torch.float32), reason="oneDNN cannot pack fp32 linears with this torch build"

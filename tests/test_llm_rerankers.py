@@ -19,13 +19,13 @@ import torch
 
 import dheera_local
 from dheera_local import InvalidRequestError, Reranker, UnsupportedModelError
-from dheera_local._cache import KeyMaker
-from dheera_local._catalog import check_cross_encoder, lookup
-from dheera_local._cpu_kernels import packing_available
-from dheera_local._discovery import LocalWeights
+from dheera_local._cache.store import KeyMaker
 from dheera_local._errors import LocalBackendError
-from dheera_local._llm_templates import BGE_GEMMA, QWEN3
-from dheera_local.backends._llm_model import LlmModel, check_fits_memory
+from dheera_local._local.cpu_kernels import packing_available
+from dheera_local._local.llm_model import LlmModel, check_fits_memory
+from dheera_local._models.catalog import check_cross_encoder, lookup
+from dheera_local._models.discovery import LocalWeights
+from dheera_local._models.llm_templates import BGE_GEMMA, QWEN3
 from dheera_local.cli import main
 from dheera_local.testing import install_in_hub_cache
 from dheera_local.testing.models import build_llm_reranker, convert_to_seq_cls

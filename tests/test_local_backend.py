@@ -15,7 +15,8 @@ from sentence_transformers import CrossEncoder
 import dheera_local
 from conftest import BERT_REVISION, TINY_BERT_ID, TINY_XLMR_ID
 from dheera_local import UnsupportedModelError
-from dheera_local._hardware import CpuFeatures, resolve_dtype
+from dheera_local._local.hardware import CpuFeatures, resolve_dtype
+from dheera_local._models.identity import ModelIdentity
 from dheera_local.testing import build_cross_encoder
 
 QUERY = "what is the capital of the united states"
@@ -150,7 +151,7 @@ def test_auto_precision_on_cuda_takes_bf16_only_where_the_requested_gpu_computes
 
 def test_a_gpu_index_past_the_machines_gpus_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     from dheera_local import InvalidRequestError
-    from dheera_local._hardware import resolve_device
+    from dheera_local._local.hardware import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: torch's answers stand in
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -166,7 +167,7 @@ def test_a_capped_isa_is_taken_as_a_cpu_without_native_bf16() -> None:
     import sys
 
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-    code = "from dheera_local._hardware import resolve_dtype; print(resolve_dtype(None, 'cpu'))"
+    code = "from dheera_local._local.hardware import resolve_dtype; print(resolve_dtype(None, 'cpu'))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "torch.float32", done.stderr
 
@@ -177,35 +178,33 @@ def test_response_reports_device_and_dtype() -> None:
 
 
 def test_one_load_per_model_device_dtype_even_under_concurrency() -> None:
-    from dheera_local._discovery import find_in_hub_cache
-    from dheera_local.backends.local import LoadKey, ModelStore
+    from dheera_local._local.backend import ModelStore
+    from dheera_local._models.discovery import find_in_hub_cache
 
     weights = find_in_hub_cache(TINY_BERT_ID)
     store, loaded = ModelStore(), []
 
-    def key(dtype: torch.dtype) -> LoadKey:
-        return LoadKey(str(weights.path), weights.revision, "cpu", dtype)
+    def key(dtype: str) -> ModelIdentity:
+        return ModelIdentity(weights.model_id, weights.revision, 0, path=str(weights.path), device="cpu", dtype=dtype)
 
-    threads = [
-        threading.Thread(target=lambda: loaded.append(store.load(weights, key(torch.float32)))) for _ in range(6)
-    ]
+    threads = [threading.Thread(target=lambda: loaded.append(store.load(weights, key("float32")))) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert len({id(model) for model in loaded}) == 1
-    assert store.load(weights, key(torch.bfloat16)) is not loaded[0]
+    assert store.load(weights, key("bfloat16")) is not loaded[0]
 
 
 def test_a_model_still_loading_when_the_store_is_cleared_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     # close_all() during traffic: the load in flight finishes for its caller, but the store does not hold it
     # (else a GPU could end up holding two copies, one invisible to the clear); a caller that was waiting for
     # it queues again behind the loads that start after the clear, so they share one copy.
-    from dheera_local._discovery import find_in_hub_cache
-    from dheera_local.backends import local
+    from dheera_local._local import backend as local
+    from dheera_local._models.discovery import find_in_hub_cache
 
     weights = find_in_hub_cache(TINY_BERT_ID)
-    key = local.LoadKey(str(weights.path), weights.revision, "cpu", torch.float32)
+    key = ModelIdentity(weights.model_id, weights.revision, 0, path=str(weights.path), device="cpu", dtype="float32")
     store, started = local.ModelStore(), threading.Event()
     gates = [threading.Event(), threading.Event()]  # the first load's, then every later load's
     real_load, loads, loaded = local._load, [], {}
@@ -244,9 +243,9 @@ def test_a_failed_load_is_remembered_for_a_while_then_retried(tiny_bert: Path, t
     import shutil
 
     from dheera_local import LocalBackendError
-    from dheera_local._discovery import find_local_weights
-    from dheera_local._model_ref import parse_model
-    from dheera_local.backends.local import LocalBackend, ModelStore
+    from dheera_local._local.backend import LocalBackend, ModelStore
+    from dheera_local._models.discovery import find_local_weights
+    from dheera_local._models.model_ref import parse_model
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_bert, folder)
@@ -272,9 +271,9 @@ def test_threads_with_different_max_length_on_one_model_each_get_their_own_trunc
     # The fast tokenizer holds truncation as shared state. Unserialized, one thread's max_length
     # leaked into the other's calls: about 1 row in 10 below was truncated wrongly before the fix.
     # Tokenizing is hammered directly because forward passes, serialized anyway, hide the race.
-    from dheera_local._discovery import find_local_weights
-    from dheera_local._model_ref import parse_model
-    from dheera_local.backends.local import LocalBackend
+    from dheera_local._local.backend import LocalBackend
+    from dheera_local._models.discovery import find_local_weights
+    from dheera_local._models.model_ref import parse_model
 
     weights = find_local_weights(parse_model(str(keyword_model)))
     short = LocalBackend(weights, max_length=16, dtype="float32")
@@ -362,7 +361,7 @@ def test_two_label_models_score_the_positive_class(tmp_path: Path) -> None:
 
 def test_revision_on_disk_is_part_of_the_identity() -> None:
     response = dheera_local.rerank(TINY_BERT_ID, QUERY, DOCS)
-    from dheera_local._discovery import find_in_hub_cache
+    from dheera_local._models.discovery import find_in_hub_cache
 
     assert find_in_hub_cache(TINY_BERT_ID).revision == BERT_REVISION
     assert response.meta.dheera_local.model == TINY_BERT_ID
@@ -383,8 +382,8 @@ class _OutOfMemoryAbove(torch.nn.Module):
 
 
 def test_an_out_of_memory_halves_the_budget_keeps_every_score_and_is_remembered(tiny_bert: Path) -> None:
-    from dheera_local._discovery import LocalWeights
-    from dheera_local.backends._torch_model import LocalModel
+    from dheera_local._local.torch_model import LocalModel
+    from dheera_local._models.discovery import LocalWeights
 
     model = LocalModel(LocalWeights(tiny_bert, "tiny", "r"), "cpu", torch.float32)
     pairs = [(QUERY, f"{doc} " + "word " * (i % 7)) for i, doc in enumerate(DOCS * 4)]

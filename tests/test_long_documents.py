@@ -11,8 +11,8 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 import dheera_local
 from dheera_local import InvalidRequestError
-from dheera_local._request import MAX_DOCUMENT_BYTES
-from dheera_local._text_bound import CHARS_PER_TOKEN, CUT_MARGIN, prefix_for_tokens
+from dheera_local._engine.request import MAX_DOCUMENT_BYTES
+from dheera_local._local.text_bound import CHARS_PER_TOKEN, CUT_MARGIN, prefix_for_tokens
 from dheera_local.testing.servers import reference_logits
 
 QUERY = "which river flows through the capital"

@@ -21,8 +21,8 @@ from redis_server import RedisServer, running_server
 
 import dheera_local
 from dheera_local import ConfigError
-from dheera_local._cache import CacheStore
-from dheera_local._cache_redis import KEY_PREFIX, RedisCacheStore, TwoLevelCache
+from dheera_local._cache.shared_tier import KEY_PREFIX, RedisCacheStore, TwoLevelCache
+from dheera_local._cache.store import CacheStore
 from dheera_local._options import OPTION_NAMES
 from dheera_local._secrets import install as install_masking
 from dheera_local._settings import CliSettings, Settings, engine_options_from_env, option_variable

@@ -13,7 +13,10 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from dheera_local import InvalidRequestError, Reranker
-from dheera_local._cache import KeyMaker, ModelIdentity
+from dheera_local._cache.store import KeyMaker
+from dheera_local._engine.orchestrator import relevance_score, sigmoid
+from dheera_local._engine.plan import DEFAULT_MAX_LENGTH
+from dheera_local._models.identity import ModelIdentity
 from dheera_local._options import (
     DEFAULT_OPTIONS,
     OPTION_NAMES,
@@ -25,8 +28,6 @@ from dheera_local._options import (
     numerics_fields,
     option_specs,
 )
-from dheera_local._orchestrator import relevance_score, sigmoid
-from dheera_local._selector import DEFAULT_MAX_LENGTH
 from dheera_local.score.job import ScoreJob
 from dheera_local.score.resume import job_key
 
@@ -177,8 +178,8 @@ def test_a_logit_becomes_a_score_in_one_function() -> None:
             continue  # the loopback servers play the remote servers, which apply their own sigmoid
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "sigmoid":
-                callers.append(path.name)
-    assert callers == ["_orchestrator.py"], callers  # relevance_score's own call
+                callers.append(path.relative_to(PACKAGE).as_posix())
+    assert callers == ["_engine/orchestrator.py"], callers  # relevance_score's own call
 
 
 def test_an_endpoint_is_keyed_by_its_base_with_or_without_a_slash(isolated_env: Path) -> None:
@@ -197,7 +198,7 @@ def test_an_endpoint_is_keyed_by_its_base_with_or_without_a_slash(isolated_env: 
 
 
 def test_requests_coalesce_only_with_the_same_numerics() -> None:
-    from dheera_local._request import build_request
+    from dheera_local._engine.request import build_request
     from dheera_local.server.coalescing import request_key
 
     options = build_options(api_key="sk-test-0123456789", dtype="float32")

@@ -21,15 +21,16 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from dheera_local import DheeraError, InvalidRequestError
-from dheera_local._cache import ModelIdentity, cache_key
-from dheera_local._chunking import ChunkSettings, TokenCounter, document_windows, token_windows
+from dheera_local._cache.store import cache_key
+from dheera_local._engine.request import RerankRequest, build_request
+from dheera_local._local.chunking import ChunkSettings, TokenCounter, document_windows, token_windows
+from dheera_local._models.identity import ModelIdentity
 from dheera_local._options import OPTION_NAMES
-from dheera_local._request import RerankRequest, build_request
-from dheera_local.backends._http import HttpClients, RetryPolicy
-from dheera_local.backends._remote import probability_to_logit
-from dheera_local.backends.cohere import CohereBackend
-from dheera_local.backends.hf_hosted import HFHostedBackend
-from dheera_local.backends.tei import EndpointLimits, TEIBackend
+from dheera_local._remote.backend import probability_to_logit
+from dheera_local._remote.cohere import CohereBackend
+from dheera_local._remote.hf_hosted import HFHostedBackend
+from dheera_local._remote.http import HttpClients, RetryPolicy
+from dheera_local._remote.tei import EndpointLimits, TEIBackend
 from property_settings import bounded
 
 # Every character, lone surrogates and controls included.

@@ -307,7 +307,7 @@ class QueryAtATime:
 
 
 def test_a_backend_without_pair_methods_is_given_them_where_it_comes_in() -> None:
-    from dheera_local.backends.base import Backend
+    from dheera_local._backend import Backend
 
     register_provider(Provider("acme", QueryAtATime))
     try:

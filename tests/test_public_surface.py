@@ -148,7 +148,7 @@ def test_the_walk_finds_a_type_that_is_not_exported(monkeypatch: pytest.MonkeyPa
 
 
 def test_dir_shows_public_names_only() -> None:
-    import dheera_local._orchestrator  # noqa: F401 (binds a private module on the package, as any use does)
+    import dheera_local._engine.orchestrator  # noqa: F401 (binds a private module on the package, as any use does)
 
     assert dir(dheera_local) == sorted(dheera_local.__all__)
     assert [name for name in dir(dheera_local) if name.startswith("_")] == ["__version__"]

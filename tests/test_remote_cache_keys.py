@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from dheera_local import AllBackendsFailedError, Reranker, Settings
-from dheera_local._cache import CacheStore, KeyMaker, ModelIdentity, ScoreCache
-from dheera_local._cache_secret import SECRET_NAME
+from dheera_local._cache.secret import SECRET_NAME
+from dheera_local._cache.store import CacheStore, KeyMaker, ScoreCache
+from dheera_local._models.identity import ModelIdentity
 from dheera_local._settings import DEFAULT_REMOTE_CACHE_TTL
 from loopback import FAST, Fault, LoopbackServer, Servers
 

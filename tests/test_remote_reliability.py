@@ -16,7 +16,7 @@ import pytest
 from conftest import closed_port
 from dheera_local import AllBackendsFailedError, RemoteBackendError, Reranker, RetryPolicy
 from dheera_local._options import build_options
-from dheera_local.backends._http import Call, decode, retry_after_seconds
+from dheera_local._remote.http import Call, decode, retry_after_seconds
 from loopback import FAST, Fault, LoopbackServer, Servers, call
 
 MODEL = "huggingface/tiny-org/remote-only"
@@ -258,7 +258,7 @@ def test_a_token_over_plain_http_to_another_host_is_warned_about(caplog: pytest.
 
 
 def test_no_warning_for_loopback_https_or_no_token(tei: LoopbackServer, caplog: pytest.LogCaptureFixture) -> None:
-    from dheera_local.backends._http import _warn_plain_http
+    from dheera_local._remote.http import _warn_plain_http
 
     with caplog.at_level(logging.WARNING, logger="dheera_local"):
         fast().rerank(MODEL, QUERY, DOCS, api_base=tei.url, api_key=TOKEN, cache=False)

@@ -22,7 +22,7 @@ import pytest
 
 import dheera_local
 from dheera_local import Reranker
-from dheera_local._orchestrator import sigmoid
+from dheera_local._engine.orchestrator import sigmoid
 from dheera_local.cli import main
 from dheera_local.testing.models import WORDS
 

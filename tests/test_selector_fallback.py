@@ -11,7 +11,7 @@ import dheera_local
 from conftest import TINY_BERT_ID, closed_port
 from dheera_local import AllBackendsFailedError, DheeraError, LocalBackendError, ModelNotAvailableError, Reranker
 from dheera_local import RemoteBackendError as RemoteError
-from dheera_local.backends.local import LocalBackend
+from dheera_local._local.backend import LocalBackend
 from dheera_local.testing import install_in_hub_cache
 from loopback import FAST, LoopbackServer, Servers, by_index, call
 

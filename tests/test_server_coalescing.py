@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from dheera_local._request import build_request
+from dheera_local._engine.request import build_request
 from dheera_local._response import RerankMeta, RerankResponse, RerankResult
 from dheera_local.server.coalescing import Coalescer, request_key
 

@@ -11,16 +11,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
 from dheera_local import LocalBackendError, OverloadedError, Reranker
-from dheera_local._discovery import find_local_weights
-from dheera_local._model_ref import parse_model
-from dheera_local.backends.local import LocalBackend
+from dheera_local._local.backend import LocalBackend
+from dheera_local._models.discovery import find_local_weights
+from dheera_local._models.identity import ModelIdentity
+from dheera_local._models.model_ref import parse_model
 from dheera_local.server.micro_batching import BatcherPool, BatcherStats, MicroBatcher
 from dheera_local.testing.models import WORDS
 from server_harness import MASTER_KEY, LiveServer
@@ -176,10 +176,9 @@ class GatedModel:
     """Stands in for a LocalBackend: each call waits for ``gate``; 'poison' raises, 'die' kills the thread."""
 
     name = "local"
-    device = "cpu"
+    identity = ModelIdentity("gated", "rev", 64, device="cpu")
 
     def __init__(self) -> None:
-        self.weights = SimpleNamespace(model_id="gated")
         self.gate = threading.Event()
         self.calls: list[list[str]] = []
         self.entered = threading.Event()

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dheera_local._discovery import LocalWeights
-from dheera_local._token_budget import plan_batches
-from dheera_local.backends._torch_model import LocalModel
-from dheera_local.backends.local import default_batch_tokens
+from dheera_local._local.backend import default_batch_tokens
+from dheera_local._local.token_budget import plan_batches
+from dheera_local._local.torch_model import LocalModel
+from dheera_local._models.discovery import LocalWeights
 
 
 @pytest.mark.parametrize("budget", [1, 64, 300, 2048])

@@ -19,9 +19,9 @@ from transformers import AutoTokenizer
 import dheera_local
 from conftest import TINY_BERT_ID
 from dheera_local import OverloadedError, Reranker
-from dheera_local.backends._http import HttpClients
-from dheera_local.backends.base import Logits, total_tokens
-from dheera_local.backends.cohere import CohereBackend
+from dheera_local._backend import Logits, total_tokens
+from dheera_local._remote.cohere import CohereBackend
+from dheera_local._remote.http import HttpClients
 from dheera_local.server.keys import KeyPolicy
 from loopback import FAST, Servers
 from server_harness import MASTER_KEY, LiveServer

@@ -22,7 +22,8 @@ from dheera_local import (
     BilledUnits,
     CacheStore,
     InvalidRequestError,
-    LocalBackend,
+    ModelBackend,
+    ModelIdentity,
     PairScores,
     Plan,
     RemoteBackendError,
@@ -75,7 +76,10 @@ def own_engine(query: str, documents: list[str]) -> float:
     with Reranker(settings=settings, cache=CacheStore(), retry=retry, transport=httpx.HTTPTransport()) as reranker:
         plan: Plan = reranker.plan(MODEL, backend="auto")
         candidates: list[Backend] = plan.candidates
-        local: LocalBackend | None = plan.local
+        local: ModelBackend | None = plan.local
+        if local is not None:
+            identity: ModelIdentity = local.identity
+            print(identity.device, identity.dtype, identity.batch_tokens)
         names: tuple[str, ...] = plan.backend_names
         print(len(candidates), local is None, names)
         pairs: PairScores = reranker.score_pairs(MODEL, [(query, document) for document in documents])

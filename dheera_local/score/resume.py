@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .._cache import ModelIdentity
+from .._models.identity import ModelIdentity
 from .._options import numerics_fields
 from .io import ResumeMismatch, Writer, open_writer
 from .job import ScoreJob, beside

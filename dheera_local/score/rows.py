@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._engine.orchestrator import relevance_score
+from .._engine.request import check_text
 from .._errors import InvalidRequestError
 from .._options import RerankOptions
-from .._orchestrator import relevance_score
-from .._request import check_text
 from .io import Record
 
 

@@ -27,8 +27,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._engine.orchestrator import Reranker
 from .._errors import InvalidRequestError, LocalBackendError
-from .._orchestrator import Reranker
 from .io import Record, count_records, file_format, input_columns, read_records
 from .job import ScoreJob, ScoreReport, beside, line_word
 from .resume import Files, job_key, load_manifest, open_files, save_manifest

@@ -22,10 +22,10 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .._engine.orchestrator import Reranker
+from .._engine.plan import Plan
 from .._errors import InvalidRequestError
 from .._options import DEFAULT_OPTIONS, RerankOptions
-from .._orchestrator import Reranker
-from .._selector import Plan
 
 Pair = tuple[str, str]
 DEFAULT_REMOTE_WORKERS = 4
@@ -112,7 +112,7 @@ def open_pool(engine: Engine, reranker: Reranker, workers: int | None) -> Pool:
         worker = engine.on(devices[0])
         return Pool(
             lambda pairs: thread.submit(score_chunk, reranker, worker, pairs),
-            1, f"1 worker on {devices[0] or local.device}", thread,
+            1, f"1 worker on {devices[0] or local.identity.device}", thread,
         )  # fmt: skip
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     queue = context.SimpleQueue()
@@ -121,7 +121,7 @@ def open_pool(engine: Engine, reranker: Reranker, workers: int | None) -> Pool:
     cores = max(1, (os.cpu_count() or 1) // len(devices))
     processes = ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_process,
                                     initargs=(engine, queue, cores))  # fmt: skip
-    where = ", ".join(sorted({d or local.device for d in devices}))
+    where = ", ".join(sorted({d or local.identity.device for d in devices}))
     return Pool(
         lambda pairs: processes.submit(_score_in_process, pairs),
         len(devices), f"{len(devices)} worker processes on {where}", processes,
@@ -141,7 +141,7 @@ _process_state: dict[str, Any] = {}
 def _init_process(engine: Engine, devices: Any, cores: int) -> None:
     import torch
 
-    from .._hardware import resolve_device
+    from .._local.hardware import resolve_device
 
     device = devices.get()
     if resolve_device(device).startswith("cpu"):

@@ -17,8 +17,8 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 
+from .._engine.request import RerankRequest
 from .._options import numerics_fields
-from .._request import RerankRequest
 from .._response import RerankResponse
 
 

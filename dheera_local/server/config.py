@@ -163,7 +163,7 @@ class GeneralSettings(_Section):
     max_connections: int | None = Field(
         default=None, ge=1, description="beyond it: 503 and closed (default: half the open-file limit, <= 1,024)"
     )
-    # The shared score-cache tier (dheera_local._cache_redis); else DHEERA_CACHE_URL and friends.
+    # The shared score-cache tier (dheera_local._cache.shared_tier); else DHEERA_CACHE_URL and friends.
     cache_url: SecretStr | None = Field(default=None, description="redis://host:6379/0, rediss://, unix://")
     cache_ttl: int | None = Field(default=None, gt=0, description="seconds an entry lives in the shared cache")
     cache_local: bool = Field(default=False, description="keep the disk cache in front of the shared one")

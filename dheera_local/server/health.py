@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .._cache_redis import RedisCacheStore
+from .._cache.shared_tier import RedisCacheStore
 from .._errors import DheeraError
 from .._secrets import mask
 from .registry import ServedModel

@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._backend import Logits, ModelBackend
 from .._errors import BackendError, LocalBackendError, OverloadedError, ShuttingDownError
-from ..backends.base import Logits
-from ..backends.local import LocalBackend
+from .._models.identity import ModelIdentity
 
 logger = logging.getLogger("dheera_local")
 
@@ -86,7 +86,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        backend: LocalBackend,
+        backend: ModelBackend,
         *,
         max_queue_pairs: int = DEFAULT_MAX_QUEUE_PAIRS,
         max_batch_pairs: int = DEFAULT_MAX_BATCH_PAIRS,
@@ -94,7 +94,8 @@ class MicroBatcher:
         self.backend = backend
         self.max_queue_pairs = max_queue_pairs
         self.max_batch_pairs = max_batch_pairs
-        self.label = f"{public_id(backend.weights.model_id)} on {backend.device}"
+        self.identity = backend.identity
+        self.label = f"{public_id(backend.identity.model_id)} on {backend.identity.device}"
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._stats = BatcherStats()
@@ -123,6 +124,12 @@ class MicroBatcher:
 
     def numerics(self) -> str:
         return self.backend.numerics()
+
+    def numerics_known(self) -> bool:
+        return self.backend.numerics_known()
+
+    def prepare(self) -> None:
+        self.backend.prepare()
 
     # Queue ------------------------------------------------------------------------------------
 
@@ -299,16 +306,14 @@ class BatcherPool:
     ) -> None:
         self.max_queue_pairs = max_queue_pairs
         self.max_batch_pairs = max_batch_pairs
-        self._batchers: dict[tuple[object, ...], MicroBatcher] = {}
+        self._batchers: dict[ModelIdentity, MicroBatcher] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def wrap(self, local: LocalBackend) -> MicroBatcher:
-        """The batcher for ``local``'s model (weights, device, dtype, max_length, token budget)."""
-        key = (
-            str(local.weights.path), local.weights.revision, local.device, str(local.dtype),
-            local.max_length, local.batch_tokens, getattr(local, "prompt", None),
-        )  # fmt: skip
+    def wrap(self, local: ModelBackend) -> MicroBatcher:
+        """The batcher for ``local``'s model: one per identity (weights, device, dtype, kernels, max_length,
+        prompt, token budget)."""
+        key = local.identity
         with self._lock:
             if self._closed:
                 raise ShuttingDownError("the server is shutting down", retry_after=5.0)
@@ -326,7 +331,7 @@ class BatcherPool:
             batchers = list(self._batchers.items())
         out: dict[str, dict[str, int]] = {}
         for key, batcher in batchers:
-            label = batcher.label if batcher.label not in out else f"{batcher.label} max_length={key[4]}"
+            label = batcher.label if batcher.label not in out else f"{batcher.label} max_length={key.max_length}"
             base, copy = label, 1
             while label in out:  # two folders of one name
                 copy += 1

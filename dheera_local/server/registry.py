@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .._backend import ModelBackend
+from .._engine.orchestrator import Reranker
 from .._errors import ConfigError, InvalidRequestError, ModelNotAvailableError
-from .._hardware import dtype_name
-from .._model_ref import COHERE_PREFIX
+from .._models.model_ref import COHERE_PREFIX
 from .._options import RerankOptions, build_options
-from .._orchestrator import Reranker
 from .._settings import option_variable
-from ..backends.local import LocalBackend
 from .config import ModelEntry, ServerConfig
 from .errors import UnknownModelError
 
@@ -33,13 +32,13 @@ class ServedModel:
     revision: str
     max_length: int
     backends: tuple[str, ...]
-    local: LocalBackend | None = None
+    local: ModelBackend | None = None
     weight: float = 1.0  # a deployment's share of its group's requests
     rpm: int | None = None
 
     @property
     def dtype(self) -> str | None:
-        return dtype_name(self.local.dtype) if self.local is not None else None
+        return self.local.identity.dtype if self.local is not None else None
 
 
 class ModelRegistry:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
+from .._engine.orchestrator import Reranker
+from .._engine.request import RerankRequest, build_request
 from .._errors import AllBackendsFailedError, DheeraError, OverloadedError, ShuttingDownError
 from .._options import RerankOptions
-from .._orchestrator import Reranker
-from .._request import RerankRequest, build_request
 from .._response import ApiVersion, RerankResponse, ServedBy
 from .coalescing import Coalescer, request_key
 from .config import GeneralSettings
@@ -142,7 +142,7 @@ class RerankService:
             "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
             "max_concurrent_requests": self.settings.max_queue_pairs,
             "max_input_length": served.max_length,
-            "max_batch_tokens": served.local.batch_tokens if served.local is not None else None,
+            "max_batch_tokens": served.local.identity.batch_tokens if served.local is not None else None,
             "max_batch_requests": None,
             "max_client_batch_size": self.settings.max_documents_per_request,
             "auto_truncate": True,

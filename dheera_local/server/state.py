@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from .._cache_redis import RedisCacheStore
-from .._orchestrator import Reranker
-from .._runtime import close_all
+from .._cache.shared_tier import RedisCacheStore
+from .._engine.orchestrator import Reranker
+from .._engine.runtime import close_all
+from .._remote.http import RetryPolicy
 from .._secrets import mask
-from ..backends._http import RetryPolicy
 from .config import GeneralSettings, ServerConfig
 from .errors import NotReadyError
 from .metrics import Metrics
@@ -83,7 +83,7 @@ class ServerState:
             if served.local is None:
                 continue
             try:
-                await asyncio.to_thread(served.local.model)
+                await asyncio.to_thread(served.local.prepare)
             except Exception as exc:  # noqa: BLE001 - reported by /health; requests may still fall back
                 logger.warning("%s: local weights did not load (%s)", served.name, mask(str(exc)))
 

@@ -17,10 +17,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .._orchestrator import Reranker
+from .._backend import PairsByQuery
+from .._engine.factory import Backends
+from .._engine.orchestrator import Reranker
 from .._settings import Settings
-from ..backends.base import PairsByQuery
-from ..backends.factory import Backends
 
 Scorer = Callable[[str, str], float]
 

@@ -21,21 +21,20 @@ from typing import Any
 
 import httpx
 
-from ._cache import CacheStore, KeyMaker, PairCache, ScoreCache, credential_namespace
-from ._cache_redis import RedisCacheStore, default_store
-from ._chunking import ChunkSettings, TokenCounter, document_windows
-from ._discovery import did_you_mean
-from ._errors import AllBackendsFailedError, BackendError, LocalBackendError
-from ._model_ref import parse_model
-from ._options import DEFAULT_OPTIONS, RerankOptions, merge_options
-from ._request import RerankRequest, build_request
-from ._response import RerankMeta, RerankResponse, RerankResult, ServedBy
-from ._selector import Plan, Selector
-from ._settings import Settings
-from .backends._http import HttpClients, RetryPolicy
-from .backends.base import Backend, tokens_of
-from .backends.factory import Backends
-from .backends.local import LocalBackend
+from .._backend import Backend, ModelBackend, tokens_of
+from .._cache.shared_tier import RedisCacheStore, default_store
+from .._cache.store import CacheStore, KeyMaker, PairCache, ScoreCache, credential_namespace
+from .._errors import AllBackendsFailedError, BackendError, LocalBackendError
+from .._local.chunking import ChunkSettings, TokenCounter, document_windows
+from .._models.discovery import did_you_mean
+from .._models.model_ref import parse_model
+from .._options import DEFAULT_OPTIONS, RerankOptions, merge_options
+from .._remote.http import HttpClients, RetryPolicy
+from .._response import RerankMeta, RerankResponse, RerankResult, ServedBy
+from .._settings import Settings
+from .factory import Backends
+from .plan import Plan, Selector
+from .request import RerankRequest, build_request
 
 logger = logging.getLogger("dheera_local")
 
@@ -184,7 +183,7 @@ class Reranker:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
-        local_wrapper: Callable[[LocalBackend], Backend] | None = None,
+        local_wrapper: Callable[[ModelBackend], Backend] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.caches = cache if cache is not None else default_store(self.settings)
@@ -261,10 +260,10 @@ class Reranker:
         """
         ref, opts = parse_model(model), merge_options(options, values)
         if not pairs:
-            return PairScores([], ServedBy(backend="none", model=ref.name))
-        work = self._lookup(self.selector.plan(ref, opts), opts, pairs)
+            return _no_pairs(ref.name)
+        work = self._plan_and_lookup(ref, opts, pairs)
         self._fill(work)
-        return PairScores([work.logits[pair] for pair in pairs], work.served_by(), work.tokens)
+        return _pair_scores(work, pairs)
 
     async def ascore_pairs(
         self, model: str, pairs: list[Pair], options: RerankOptions | None = None, **values: Any
@@ -272,10 +271,10 @@ class Reranker:
         """The async twin of :meth:`score_pairs`."""
         ref, opts = parse_model(model), merge_options(options, values)
         if not pairs:
-            return PairScores([], ServedBy(backend="none", model=ref.name))
+            return _no_pairs(ref.name)
         work = await asyncio.to_thread(self._plan_and_lookup, ref, opts, pairs)
         await self._afill(work)
-        return PairScores([work.logits[pair] for pair in pairs], work.served_by(), work.tokens)
+        return _pair_scores(work, pairs)
 
     def _plan_and_lookup(self, ref: Any, options: RerankOptions, pairs: list[Pair]) -> _Work:
         return self._lookup(self.selector.plan(ref, options), options, pairs)
@@ -374,6 +373,15 @@ def _record_failure(work: _Work, backend: Backend, exc: BackendError) -> None:
     remaining = work.plan.candidates[len(work.failures) :]
     if remaining:
         logger.warning("%s backend failed (%s); falling back to %s", backend.name, exc, remaining[0].name)
+
+
+def _no_pairs(model: str) -> PairScores:
+    return PairScores([], ServedBy(backend="none", model=model))
+
+
+def _pair_scores(work: _Work, pairs: list[Pair]) -> PairScores:
+    """Each pair's logit (duplicates included, scored once), what served them and the tokens read."""
+    return PairScores([work.logits[pair] for pair in pairs], work.served_by(), work.tokens)
 
 
 def _all_failed(work: _Work, hub_cache: Path) -> AllBackendsFailedError:

@@ -1,7 +1,7 @@
 """The local backend: a cross-encoder on this machine's CPU or GPU, loaded on first use.
 
 Planning a local model resolves its device and precision (that imports torch); the model itself
-(sentence-transformers, :mod:`._torch_model`) loads on the first score. Loaded models live in a
+(sentence-transformers, :mod:`dheera_local._local.torch_model`) loads on the first score. Loaded models live in a
 :class:`ModelStore`, one per (weights, device, dtype), shared by every thread of the process; the
 runtime owns the shared store and closes it (:func:`dheera_local.close_all`).
 """
@@ -9,21 +9,22 @@ runtime owns the shared store and closes it (:func:`dheera_local.close_all`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .._discovery import LocalWeights
 from .._errors import DheeraError, LocalBackendError
-from .._hardware import dtype_name, resolve_device, resolve_dtype
-from .._kernel_verdicts import VerdictStore
-from .._llm_templates import template_for_folder
+from .._models.discovery import LocalWeights
+from .._models.identity import ModelIdentity
+from .._models.llm_templates import template_for_folder
+from .hardware import dtype_name, resolve_device, resolve_dtype
+from .kernel_verdicts import VerdictStore
 
 if TYPE_CHECKING:
-    from ._torch_model import LocalModel
+    from .torch_model import LocalModel
 
 logger = logging.getLogger("dheera_local")
 
@@ -38,39 +39,29 @@ def default_batch_tokens(device: str) -> int:
     return DEFAULT_BATCH_TOKENS.get(device.split(":", 1)[0], DEFAULT_BATCH_TOKENS["cpu"])
 
 
-@dataclass(frozen=True)
-class LoadKey:
-    """What makes two loaded models the same: weights, device, precision, kernel choice."""
-
-    path: str
-    revision: str
-    device: str
-    dtype: Any  # torch.dtype
-    cpu_kernels: str = "auto"
-
-
 class ModelStore:
-    """Loaded models, each loaded once even under concurrency. Thread-safe; ``clear`` forgets them all.
+    """Loaded models, each loaded once even under concurrency, keyed by :meth:`ModelIdentity.loaded`.
+    Thread-safe; ``clear`` forgets them all.
 
     A failed load is remembered for ``retry_failed_after`` seconds: requests meanwhile fail at once
     (and fall back) instead of reading broken weights again each time.
     """
 
     def __init__(self, retry_failed_after: float = 60.0) -> None:
-        self._loaded: dict[LoadKey, LocalModel] = {}
-        self._failed: dict[LoadKey, tuple[float, LocalBackendError]] = {}
-        self._locks: dict[LoadKey, threading.Lock] = {}
+        self._loaded: dict[ModelIdentity, LocalModel] = {}
+        self._failed: dict[ModelIdentity, tuple[float, LocalBackendError]] = {}
+        self._locks: dict[ModelIdentity, threading.Lock] = {}
         self._lock = threading.Lock()
         # Bumped by clear(): a load that started before it hands its model to its caller but does not keep it.
         self._generation = 0
         self.retry_failed_after = retry_failed_after
 
-    def get(self, key: LoadKey) -> LocalModel | None:
+    def get(self, key: ModelIdentity) -> LocalModel | None:
         """The model for ``key`` if it is loaded, else None (never loads)."""
         with self._lock:
             return self._loaded.get(key)
 
-    def recent_failure(self, key: LoadKey) -> LocalBackendError | None:
+    def recent_failure(self, key: ModelIdentity) -> LocalBackendError | None:
         """Why loading ``key`` failed, if it did less than ``retry_failed_after`` seconds ago."""
         with self._lock:
             failed = self._failed.get(key)
@@ -78,7 +69,7 @@ class ModelStore:
             return None
         return LocalBackendError(f"{failed[1]} (failed to load {time.monotonic() - failed[0]:.0f} s ago)")
 
-    def load(self, weights: LocalWeights, key: LoadKey, verdicts: VerdictStore | None = None) -> LocalModel:
+    def load(self, weights: LocalWeights, key: ModelIdentity, verdicts: VerdictStore | None = None) -> LocalModel:
         """The model for ``key``, loading it now if needed; every failure is a LocalBackendError.
         ``verdicts``: where the kernel check's verdicts are remembered (None: the check always runs)."""
         while True:
@@ -94,7 +85,7 @@ class ModelStore:
                     return self._load_once(weights, key, generation, verdicts)
 
     def _load_once(
-        self, weights: LocalWeights, key: LoadKey, generation: int, verdicts: VerdictStore | None = None
+        self, weights: LocalWeights, key: ModelIdentity, generation: int, verdicts: VerdictStore | None = None
     ) -> LocalModel:
         """Load ``key`` (its lock held), keeping the result unless the store was cleared meanwhile."""
         with self._lock:
@@ -114,7 +105,7 @@ class ModelStore:
             if generation == self._generation:
                 self._loaded[key] = model
                 self._failed.pop(key, None)
-        logger.info("loaded %s on %s as %s", weights.model_id, key.device, dtype_name(key.dtype))
+        logger.info("loaded %s on %s as %s", weights.model_id, key.device, key.dtype)
         return model
 
     def clear(self) -> None:
@@ -126,22 +117,23 @@ class ModelStore:
             self._locks.clear()
 
 
-def _load(weights: LocalWeights, key: LoadKey, verdicts: VerdictStore | None) -> LocalModel:
+def _load(weights: LocalWeights, key: ModelIdentity, verdicts: VerdictStore | None) -> LocalModel:
     try:
+        dtype = resolve_dtype(key.dtype, key.device)
         template = template_for_folder(weights.path)
         if template is not None:  # a decoder-only reranker: scored through its prompt template
-            from ._llm_model import LlmModel
+            from .llm_model import LlmModel
 
-            model = LlmModel(weights, key.device, key.dtype, template, cpu_kernels=key.cpu_kernels)
+            model = LlmModel(weights, key.device, dtype, template, cpu_kernels=key.cpu_kernels)
             return model  # type: ignore[return-value]
-        from ._torch_model import LocalModel
+        from .torch_model import LocalModel
 
-        return LocalModel(weights, key.device, key.dtype, key.cpu_kernels, verdicts)
+        return LocalModel(weights, key.device, dtype, key.cpu_kernels, verdicts)
     except DheeraError:
         raise
     except Exception as exc:  # torch, transformers and oneDNN raise many types: translated here, once
         raise LocalBackendError(
-            f"{weights.model_id}: could not be prepared on {key.device} as {dtype_name(key.dtype)}: {exc}"
+            f"{weights.model_id}: could not be prepared on {key.device} as {key.dtype}: {exc}"
         ) from exc
 
 
@@ -165,6 +157,7 @@ class LocalBackend:
         models: ModelStore | None = None,
         prompt: str | None = None,
         verdicts: VerdictStore | None = None,
+        identity: ModelIdentity | None = None,
     ) -> None:
         self.weights = weights
         # An LLM reranker's prompt or instruction (None: a cross-encoder, or the template's default).
@@ -175,11 +168,21 @@ class LocalBackend:
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.models = models if models is not None else SHARED_MODELS
         self.verdicts = verdicts
-        self._key = LoadKey(str(weights.path), weights.revision, self.device, self.dtype, cpu_kernels)
+        # The plan's identity (the cache's fields), completed with where and how the model runs.
+        planned = identity or ModelIdentity(weights.model_id, weights.revision, max_length, prompt=prompt or "")
+        self.identity = dataclasses.replace(
+            planned, path=str(weights.path), device=self.device, dtype=dtype_name(self.dtype),
+            cpu_kernels=cpu_kernels, batch_tokens=self.batch_tokens,
+        )  # fmt: skip
+        self._key = self.identity.loaded()
 
     def model(self) -> LocalModel:
         """The loaded model (loading it now if this process has not yet); raises LocalBackendError."""
         return self.models.load(self.weights, self._key, self.verdicts)
+
+    def prepare(self) -> None:
+        """Load the model now (a server's startup, a Ray actor), not inside the first request."""
+        self.model()
 
     def is_loaded(self) -> bool:
         """True when the store already holds the model (``model()`` returns at once)."""

@@ -45,14 +45,14 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import diskcache
 from diskcache.core import DBNAME, DEFAULT_SETTINGS, METADATA, MODE_PICKLE, MODE_RAW
 
-from ._cache_secret import cache_secret, derive
+from .._models.identity import ModelIdentity
+from .secret import cache_secret, derive
 
 logger = logging.getLogger("dheera_local")
 
@@ -198,23 +198,6 @@ def check_settings_table(directory: Path) -> None:
                 raise CorruptSettings(f"Settings.{key} is {value!r}, not a number")
         elif key not in _SETTINGS:
             raise CorruptSettings(f"Settings holds an unknown key {str(key)[:40]!r}")
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What makes two scores interchangeable: the same weights, read the same way, by the same numerics.
-
-    ``numerics`` is ``float32`` for local fp32 (any device), ``<dtype>/<device>/<kernels>`` for local
-    reduced precision, ``<backend>:<endpoint>`` for a remote one; empty while not yet decided.
-    """
-
-    model_id: str
-    revision: str
-    max_length: int
-    numerics: str = ""
-    # An LLM reranker's template and prompt text ("qwen3:<instruction>"); empty for a cross-encoder, whose
-    # keys then stay as they were.
-    prompt: str = ""
 
 
 def cache_key(identity: ModelIdentity, query: str, document: str) -> str:

@@ -33,7 +33,7 @@ import httpx
 
 from .._errors import RemoteBackendError
 from .._secrets import mask
-from ._deadline import attempt_deadline, check_deadline, deadline_transport
+from .deadline import attempt_deadline, check_deadline, deadline_transport
 
 logger = logging.getLogger("dheera_local")
 

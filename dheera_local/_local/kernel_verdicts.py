@@ -1,6 +1,6 @@
 """The load-time kernel check's verdicts, remembered on disk so that a later process skips the check.
 
-The check (:mod:`._cpu_kernels`) runs the probe batch through the model three times, most of a cold
+The check (:mod:`dheera_local._local.cpu_kernels`) runs the probe batch through the model three times, most of a cold
 start's compute on a big model. Its verdict depends on nothing but what :class:`ProbeKey` names: the
 weights (model id, revision and the size and mtime of their files), the dtype, the CPU (model name
 and flags) and the torch version, plus the rule's own version. Another value of any of them is
@@ -8,7 +8,7 @@ another file, so a verdict is never reused for other weights, precision, CPU or 
 
 Each verdict is a small JSON file ``<cache_dir>/kernel-verdicts/<sha256 of the key>.json``, written
 to a temporary file and renamed (a reader sees a whole file or none), signed with the cache folder's
-secret (:mod:`._cache_secret`). A file that is not a private regular file, is too long, is not that
+secret (:mod:`dheera_local._cache.secret`). A file that is not a private regular file, is too long, is not that
 JSON, names another key, another verdict than the two known, or has a wrong signature is ignored:
 the check runs again and rewrites it. The worst a planted verdict could do is pick between eager and
 packed kernels, and a packing that raises still leaves the eager model.
@@ -27,8 +27,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ._cache_secret import cache_secret, derive
-from ._discovery import LocalWeights, folder_fingerprint
+from .._cache.secret import cache_secret, derive
+from .._models.discovery import LocalWeights, folder_fingerprint
 
 logger = logging.getLogger("dheera_local")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ._errors import InvalidRequestError, shown
+from .._errors import InvalidRequestError, shown
 
 HF_PREFIX = "huggingface/"
 COHERE_PREFIX = "cohere/"

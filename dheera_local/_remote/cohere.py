@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from .._options import normalize_api_base
-from ._http import Call, HttpClients, RetryPolicy
-from ._remote import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order, usage_count
+from .backend import RemoteBackend, group_by_limits, probability_to_logit, scores_in_order, usage_count
+from .http import Call, HttpClients, RetryPolicy
 
 DOCUMENTS_PER_REQUEST = 1000
 

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from .._secrets import quote
-from ._http import Call, HttpClients, RetryPolicy
-from ._remote import RemoteBackend, as_float, group_by_limits
+from .backend import RemoteBackend, as_float, group_by_limits
+from .http import Call, HttpClients, RetryPolicy
 
 # HuggingFace's own hosts over https: the hub and router, and dedicated Inference Endpoints.
 HF_DOMAINS = ("huggingface.co", "endpoints.huggingface.cloud")

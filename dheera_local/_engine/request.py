@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import InvalidRequestError
-from ._model_ref import ModelRef, parse_model
-from ._options import DEFAULT_OPTIONS, MIN_MAX_LENGTH, RerankOptions, check_flag, check_optional_int, merge_options
+from .._errors import InvalidRequestError
+from .._models.model_ref import ModelRef, parse_model
+from .._options import DEFAULT_OPTIONS, MIN_MAX_LENGTH, RerankOptions, check_flag, check_optional_int, merge_options
 
 # A query is cut to the model's window anyway (1,024 tokens at most by default, 8,192 positions for
 # the longest models); a longer one only costs memory, time and upload (HF hosted repeats it per pair).

@@ -1,6 +1,6 @@
 """Finding model weights on this machine, without any network call.
 
-The hub cache folder comes from the settings (:mod:`._settings`); without one, from the environment.
+The hub cache folder comes from the settings (:mod:`.._settings`); without one, from the environment.
 
 A model is "on the machine" when a local folder, or a snapshot in the huggingface_hub cache,
 holds its config, its weights and its tokenizer. The revision found on disk (the snapshot's
@@ -17,8 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._model_ref import ModelKind, ModelRef
-from ._settings import hub_cache_dir
+from .._settings import hub_cache_dir
+from .model_ref import ModelKind, ModelRef
 
 logger = logging.getLogger("dheera_local")
 
@@ -176,7 +176,7 @@ SUGGEST_CUTOFF = 0.88
 def did_you_mean(hub_id: str, hub_cache: Path) -> str:
     """`` Did you mean ORG/NAME?`` for a hub id close to a cross-encoder of models.txt or to a model in the hub
     cache (a misspelling, a wrong case), else ``""``."""
-    from ._catalog import known_models
+    from .catalog import known_models
 
     names = {model.hub_id for model in known_models().values() if model.kind == "cross-encoder"}
     try:

@@ -8,67 +8,13 @@ model is planned), not when this module is.
 
 from __future__ import annotations
 
-import difflib
 import functools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import InvalidRequestError, shown
-
-_DTYPE_NAMES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "int8": "int8",  # opt-in, CPU only: dynamic int8 linears (dheera_local._int8); never chosen by auto
-}
-
-
-# torch.device's types (torch 2.x), and "npu", the name Ascend's torch_npu gives torch's privateuse1 backend.
-DEVICE_TYPES = (
-    "cpu", "cuda", "mps", "xpu", "hip", "xla", "meta", "hpu", "mtia", "maia", "ipu", "ve", "fpga", "lazy", "vulkan",
-    "opengl", "opencl", "ideep", "mkldnn", "privateuseone", "npu",
-)  # fmt: skip
-_DEVICE = re.compile(r"([a-z]+)(?::(0|[1-9][0-9]*))?")
-
-
-def check_device(value: object, name: str = "device") -> str | None:
-    """``value`` if it spells a torch device (``auto``, ``cpu``, ``cuda:1``...), checked without torch: a typo is
-    refused when the request is made, whichever backend would serve it. Whether this machine has that device
-    is :func:`resolve_device`'s question, asked when a local model is planned."""
-    if value is None or value == "auto":
-        return value
-    if not isinstance(value, str):
-        raise InvalidRequestError(f"{name} must be a string such as 'cpu' or 'cuda:0', got {shown(value)}", field=name)
-    match = _DEVICE.fullmatch(value)
-    if match is None or match.group(1) not in DEVICE_TYPES:
-        kind = value.split(":", 1)[0].strip().lower()
-        hint = ["cuda"] if kind == "gpu" else difflib.get_close_matches(kind, ("auto", *DEVICE_TYPES), n=1)
-        raise InvalidRequestError(
-            f"{name} {shown(value)} is not a torch device: use auto, cpu, cuda, cuda:N, mps or xpu"
-            + (f" (did you mean {hint[0]!r}?)" if hint else ""),
-            field=name,
-        )
-    return value
-
-
-def check_dtype(value: object, name: str = "dtype") -> str | None:
-    """``value`` if it names a precision (``auto``, ``float16``, ``bf16``...), checked without torch."""
-    if value is None or value == "auto" or (isinstance(value, str) and value.lower() in _DTYPE_NAMES):
-        return value
-    names = ("auto", *_DTYPE_NAMES)
-    hint = difflib.get_close_matches(value.lower(), names, n=1) if isinstance(value, str) else []
-    raise InvalidRequestError(
-        f"{name} {shown(value)} is not one of: {', '.join(sorted(names))}"
-        + (f" (did you mean {hint[0]!r}?)" if hint else ""),
-        field=name,
-    )
+from .._errors import InvalidRequestError
+from .._options import DTYPE_NAMES
 
 
 @dataclass(frozen=True)
@@ -151,10 +97,10 @@ def resolve_dtype(requested: str | None, device: str, features: CpuFeatures | No
     import torch
 
     if requested is not None and requested != "auto":
-        if not isinstance(requested, str) or requested.lower() not in _DTYPE_NAMES:
-            names = ", ".join(["auto", *sorted(_DTYPE_NAMES)])
+        if not isinstance(requested, str) or requested.lower() not in DTYPE_NAMES:
+            names = ", ".join(["auto", *sorted(DTYPE_NAMES)])
             raise InvalidRequestError(f"dtype {requested!r} is not one of: {names}", field="dtype")
-        name = _DTYPE_NAMES[requested.lower()]
+        name = DTYPE_NAMES[requested.lower()]
         if name == "int8" and torch.device(device).type != "cpu":
             raise InvalidRequestError(
                 f"dtype 'int8' runs on CPU only (device {device!r}): use float16 or bfloat16 on a GPU", field="dtype"

@@ -1,8 +1,8 @@
 """What the process shares, and the one owner that closes it: :func:`close_all`.
 
-Shared: the loaded models (:data:`~.backends.local.SHARED_MODELS`), the tokenizers that window
-long documents (:data:`~._chunking.SHARED_TOKENIZERS`), the open score caches
-(:data:`~._cache.SHARED_CACHES`), the shared tiers (:data:`~._cache_redis.SHARED_TIERS`) and the
+Shared: the loaded models (:data:`~dheera_local._local.backend.SHARED_MODELS`), the tokenizers that window
+long documents (:data:`~dheera_local._local.chunking.SHARED_TOKENIZERS`), the open score caches
+(:data:`~dheera_local._cache.store.SHARED_CACHES`), the shared tiers (:data:`~dheera_local._cache.shared_tier.SHARED_TIERS`) and the
 default :class:`~dheera_local.Reranker` behind
 ``dheera_local.rerank``. Whoever owns the process calls :func:`close_all` when done: the proxy's
 lifespan, the CLI, a test; the next call starts afresh (and reads the environment again).
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import threading
 
-from ._cache import SHARED_CACHES
-from ._cache_redis import SHARED_TIERS
-from ._chunking import SHARED_TOKENIZERS
-from ._orchestrator import Reranker
-from .backends.local import SHARED_MODELS
+from .._cache.shared_tier import SHARED_TIERS
+from .._cache.store import SHARED_CACHES
+from .._local.backend import SHARED_MODELS
+from .._local.chunking import SHARED_TOKENIZERS
+from .orchestrator import Reranker
 
 _default: Reranker | None = None
 _lock = threading.Lock()

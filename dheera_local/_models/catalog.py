@@ -1,6 +1,6 @@
 """The catalog of known models, read from ``models.txt`` (the single source of truth), and the one rule
 for what dheera_local scores (:func:`check_cross_encoder`): cross-encoders, and the LLM rerankers whose
-prompt template it knows (:mod:`._llm_templates`)."""
+prompt template it knows (:mod:`dheera_local._models.llm_templates`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ._errors import LocalBackendError, UnsupportedModelError
-from ._llm_templates import LLM_ARCHITECTURES
+from .._errors import LocalBackendError, UnsupportedModelError
+from .llm_templates import LLM_ARCHITECTURES
 
 CROSS_ENCODER = "cross-encoder"
 LLM_RERANKER = "llm-reranker"
@@ -40,7 +40,7 @@ def _models_txt() -> str:
     packaged = resources.files("dheera_local").joinpath("models.txt")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parent.parent / "models.txt").read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[2] / "models.txt").read_text(encoding="utf-8")
 
 
 def parse_catalog(text: str) -> dict[str, KnownModel]:

@@ -16,18 +16,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ._cache import ModelIdentity
-from ._catalog import check_cross_encoder, lookup
-from ._discovery import LocalWeights, configured_max_length, did_you_mean, find_local_weights
-from ._errors import InvalidRequestError, ModelNotAvailableError
-from ._llm_templates import resolve_prompt, template_for_folder, template_for_name
-from ._model_ref import HF_PREFIX, ModelKind, ModelRef
-from ._options import RerankOptions, normalize_api_base
-from ._settings import Settings
-from .backends.base import Backend
-from .backends.factory import Backends
-from .backends.local import LocalBackend
-from .providers import get_provider
+from .._backend import Backend, ModelBackend
+from .._errors import InvalidRequestError, ModelNotAvailableError
+from .._models.catalog import check_cross_encoder, lookup
+from .._models.discovery import LocalWeights, configured_max_length, did_you_mean, find_local_weights
+from .._models.identity import ModelIdentity
+from .._models.llm_templates import resolve_prompt, template_for_folder, template_for_name
+from .._models.model_ref import HF_PREFIX, ModelKind, ModelRef
+from .._options import RerankOptions, normalize_api_base
+from .._settings import Settings
+from ..providers import get_provider
+from .factory import Backends
 
 DEFAULT_MAX_LENGTH = 512
 HOSTED = "hf"  # the provider of HF hosted inference: a hub model's remote when no api_base is given
@@ -46,7 +45,7 @@ class Plan:
 
     identity: ModelIdentity
     candidates: list[Backend]
-    local: LocalBackend | None = None
+    local: ModelBackend | None = None
     weights: LocalWeights | None = None
     bases: list[ModelIdentity] = field(default_factory=list)
 
@@ -93,7 +92,7 @@ class Selector:
         if options.backend in ("auto", "local") and weights is not None:
             plan.local = self.backends.local(
                 weights, max_length=max_length, device=options.device, dtype=options.dtype,
-                batch_tokens=options.batch_tokens, prompt=prompt,
+                batch_tokens=options.batch_tokens, prompt=prompt, identity=identity,
             )  # fmt: skip
             plan.candidates.append(self.backends.serve(plan.local))
             plan.bases.append(identity)

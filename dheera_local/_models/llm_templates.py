@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import InvalidRequestError
+from .._errors import InvalidRequestError
 
 # The texts below are the reference code's, character for character.
 GEMMA_PROMPT = (

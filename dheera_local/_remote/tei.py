@@ -17,8 +17,8 @@ from pydantic import SecretStr
 
 from .._errors import RemoteBackendError
 from .._options import normalize_api_base
-from ._http import Call, HttpClients, RetryPolicy, asend, send
-from ._remote import RemoteBackend, group_by_limits, scores_in_order
+from .backend import RemoteBackend, group_by_limits, scores_in_order
+from .http import Call, HttpClients, RetryPolicy, asend, send
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 32
 INFO_TIMEOUT = 10.0
@@ -82,22 +82,23 @@ class TEIBackend(RemoteBackend):
     def prepare(self) -> None:
         if self.limits.get(self.base) is None:
             try:
-                info = send(self.clients, self._info_call(), self._info_policy())
+                self._remember_info(send(self.clients, self._info_call(), self._info_policy()))
             except RemoteBackendError as exc:
-                if exc.status is None:
-                    return  # unreachable for now: read /info on the next call, not never
-                info = None  # not every TEI-compatible server has /info; the default applies
-            self.limits.remember(self.base, info)
+                self._remember_info(None, exc)
 
     async def aprepare(self) -> None:
         if self.limits.get(self.base) is None:
             try:
-                info = await asend(self.clients, self._info_call(), self._info_policy())
+                self._remember_info(await asend(self.clients, self._info_call(), self._info_policy()))
             except RemoteBackendError as exc:
-                if exc.status is None:
-                    return
-                info = None
-            self.limits.remember(self.base, info)
+                self._remember_info(None, exc)
+
+    def _remember_info(self, info: Any, error: RemoteBackendError | None = None) -> None:
+        """The one rule for /info's outcome, whichever twin asked it."""
+        if error is not None and error.status is None:
+            return  # unreachable for now: read /info on the next call, not never
+        # An answer with no /info (not every TEI-compatible server has it): the default limits apply.
+        self.limits.remember(self.base, info if error is None else None)
 
     def split(self, query: str, texts: list[str]) -> list[list[int]]:
         return group_by_limits(query, texts, self.limits.get(self.base) or DEFAULT_MAX_CLIENT_BATCH_SIZE)

@@ -7,12 +7,12 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ._catalog import check_cross_encoder
-from ._discovery import LocalWeights, did_you_mean, find_in_hub_cache, missing_files
-from ._errors import ModelNotAvailableError
-from ._model_ref import ModelKind, parse_model
-from ._secrets import quote
-from ._settings import Settings
+from .._errors import ModelNotAvailableError
+from .._secrets import quote
+from .._settings import Settings
+from .catalog import check_cross_encoder
+from .discovery import LocalWeights, did_you_mean, find_in_hub_cache, missing_files
+from .model_ref import ModelKind, parse_model
 
 logger = logging.getLogger("dheera_local")
 

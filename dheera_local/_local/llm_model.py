@@ -14,11 +14,11 @@ does not:
 * the batches: pairs go longest first into batches bounded by a padded-token budget (the reference:
   fixed counts, in input order for Qwen3). Right padding needs no attention mask under causal attention
   (no real token sees a pad), so SDPA runs its causal kernel; left padding is kept for tests;
-* the linears, on CPU: every projection's weight is laid out once for oneDNN at load (:mod:`.._cpu_kernels`)
+* the linears, on CPU: every projection's weight is laid out once for oneDNN at load (:mod:`dheera_local._local.cpu_kernels`)
   instead of at every call, kept only if a probe pair scores as it did before packing.
 
 Scores are the reference's because the prompt's token ids are built by its procedure
-(:mod:`.._llm_templates`), and the arithmetic is the same up to float rounding.
+(:mod:`dheera_local._models.llm_templates`), and the arithmetic is the same up to float rounding.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from typing import Any
 
 import torch
 
-from .._cpu_kernels import EAGER, PACKED, checked_pack_scored, packing_available
-from .._discovery import LocalWeights
+from .._backend import Logits
 from .._errors import LocalBackendError
-from .._hardware import dtype_name
-from .._llm_templates import LlmTemplate
-from .._token_budget import plan_batches
-from ._torch_model import no_weight_loading_bar
-from .base import Logits
+from .._models.discovery import LocalWeights
+from .._models.llm_templates import LlmTemplate
+from .cpu_kernels import EAGER, PACKED, checked_pack_scored, packing_available
+from .hardware import dtype_name
+from .token_budget import plan_batches
+from .torch_model import no_weight_loading_bar
 
 logger = logging.getLogger("dheera_local")
 
@@ -70,7 +70,7 @@ class LlmModel:
     Args:
         weights: The model folder.
         device, dtype: Where and in which precision to run.
-        template: Its prompt family (:data:`.._llm_templates.TEMPLATES`).
+        template: Its prompt family (:data:`dheera_local._models.llm_templates.TEMPLATES`).
         prefix_reuse: Compute each query's shared prefix once (False: every pair in full; for tests).
         padding_side: "right" (no mask: the causal kernel) or "left" (explicit mask and positions).
         cpu_kernels: "auto" (oneDNN packed linears where the CPU and the probe allow) or "eager".

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ._models.identity import ModelIdentity
 
 
 class Logits(list[float]):
@@ -80,6 +83,23 @@ class Backend(Protocol):
     def numerics(self) -> str:
         """What computes the numbers, for the cache identity: scores are shared only between backends
         that give the same numerics (``float32``; ``bfloat16/cpu/onednn-packed``; ``tei:<endpoint>``)."""
+        ...
+
+
+@runtime_checkable
+class ModelBackend(Backend, Protocol):
+    """A backend that runs a model on this machine: what the engine, the proxy, ``score`` and Ray ask of
+    the local backend besides scoring, so none of them reaches for its concrete class.
+    ``identity``: the planned model with where and how it runs (device, dtype, kernels, token budget)."""
+
+    identity: ModelIdentity
+
+    def prepare(self) -> None:
+        """Load the model now (startup), rather than inside the first request; raises LocalBackendError."""
+        ...
+
+    def numerics_known(self) -> bool:
+        """True when :meth:`numerics` answers without loading the model."""
         ...
 
 

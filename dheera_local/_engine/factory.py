@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._chunking import SHARED_TOKENIZERS, TokenizerStore
-from .._discovery import LocalWeights
-from .._kernel_verdicts import VerdictStore
+from .._backend import Backend, ModelBackend, conform
+from .._local.backend import SHARED_MODELS, LocalBackend, ModelStore
+from .._local.chunking import SHARED_TOKENIZERS, TokenizerStore
+from .._local.kernel_verdicts import VerdictStore
+from .._models.discovery import LocalWeights
+from .._models.identity import ModelIdentity
 from .._options import RerankOptions
+from .._remote.http import HttpClients, RetryPolicy
 from .._settings import Settings
 from ..providers import Endpoint, get_provider
-from ._http import HttpClients, RetryPolicy
-from .base import Backend, conform
-from .local import SHARED_MODELS, LocalBackend, ModelStore
 
 
 class Backends:
@@ -44,7 +45,7 @@ class Backends:
         retry: RetryPolicy | None = None,
         models: ModelStore | None = None,
         tokenizers: TokenizerStore | None = None,
-        local_wrapper: Callable[[LocalBackend], Backend] | None = None,
+        local_wrapper: Callable[[ModelBackend], Backend] | None = None,
     ) -> None:
         self.settings = settings
         self.clients = clients or HttpClients()
@@ -63,15 +64,17 @@ class Backends:
         dtype: str | None,
         batch_tokens: int | None,
         prompt: str | None = None,
+        identity: ModelIdentity | None = None,
     ) -> LocalBackend:
-        """The local backend for ``weights`` (the model loads on first use); ``prompt``: an LLM reranker's."""
+        """The local backend for ``weights`` (the model loads on first use); ``prompt``: an LLM reranker's;
+        ``identity``: the plan's, which the backend completes with where and how the model runs."""
         return LocalBackend(
             weights, max_length=max_length, device=device, dtype=dtype, batch_tokens=batch_tokens,
             cpu_kernels=self.settings.cpu_kernels, models=self.models, prompt=prompt,
-            verdicts=VerdictStore(self.settings.cache_dir),
+            verdicts=VerdictStore(self.settings.cache_dir), identity=identity,
         )  # fmt: skip
 
-    def serve(self, local: LocalBackend) -> Backend:
+    def serve(self, local: ModelBackend) -> Backend:
         """What serves ``local``'s requests: itself, or what ``local_wrapper`` makes of it."""
         return conform(self.local_wrapper(local)) if self.local_wrapper is not None else local
 

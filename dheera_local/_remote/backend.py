@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from .._backend import Logits, PairsByQuery, total_tokens
 from .._errors import RemoteBackendError
 from .._secrets import quote
-from ._http import Call, HttpClients, RetryPolicy, asend, gather_bounded, run_concurrently, send
-from .base import Logits, PairsByQuery, total_tokens
+from .http import Call, HttpClients, RetryPolicy, asend, gather_bounded, run_concurrently, send
 
 MAX_BODY_BYTES = 2_000_000
 
@@ -81,7 +81,7 @@ class RemoteBackend(PairsByQuery):
 
     def credential(self) -> str | None:
         """The key or token this backend sends (None: none), whose namespace its cached scores live in
-        (:func:`dheera_local._cache.credential_namespace`): a remote backend is one that has this method."""
+        (:func:`dheera_local._cache.store.credential_namespace`): a remote backend is one that has this method."""
         return self.token
 
     def score(self, query: str, texts: list[str]) -> list[float]:

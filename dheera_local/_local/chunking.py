@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import InvalidRequestError
-from ._text_bound import prefix_for_tokens
+from .._errors import InvalidRequestError
+from .text_bound import prefix_for_tokens
 
 MAX_WINDOWS_PER_REQUEST = 10_000
 _WORD = re.compile(r"\S+")

@@ -3,8 +3,8 @@
 It loads as sentence-transformers' ``CrossEncoder`` does (``AutoConfig``, then
 ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` from the folder), without importing
 sentence-transformers itself: its import pulls scikit-learn and friends, a third of a cold start.
-The load-time kernel check (:mod:`.._cpu_kernels`) runs once per weights, dtype, CPU and torch
-version; its verdict is remembered on disk (:mod:`.._kernel_verdicts`) for later processes.
+The load-time kernel check (:mod:`dheera_local._local.cpu_kernels`) runs once per weights, dtype, CPU and torch
+version; its verdict is remembered on disk (:mod:`dheera_local._local.kernel_verdicts`) for later processes.
 
 Pairs are tokenized once (a long query cut a few tokens past the window first), sorted by length
 and grouped by a padded-token budget, so long documents never blow up memory and short ones are
@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 
-from .._catalog import check_cross_encoder
-from .._cpu_kernels import EAGER, PACKED, checked_pack, pack_linears_unchecked, packing_available, probe_logits
-from .._discovery import LocalWeights, configured_max_length
+from .._backend import Logits
 from .._errors import LocalBackendError
-from .._hardware import dtype_name
-from .._int8 import quantize_encoder
-from .._kernel_verdicts import VerdictStore, probe_key
-from .._text_bound import prefix_for_tokens
-from .._token_budget import plan_batches
-from .base import Logits
+from .._models.catalog import check_cross_encoder
+from .._models.discovery import LocalWeights, configured_max_length
+from .cpu_kernels import EAGER, PACKED, checked_pack, pack_linears_unchecked, packing_available, probe_logits
+from .hardware import dtype_name
+from .int8 import quantize_encoder
+from .kernel_verdicts import VerdictStore, probe_key
+from .text_bound import prefix_for_tokens
+from .token_budget import plan_batches
 
 logger = logging.getLogger("dheera_local")
 
@@ -165,7 +165,7 @@ class LocalModel:
 
     def logits(self, pairs: list[tuple[str, str]], max_length: int, batch_tokens: int) -> list[float]:
         """Raw logits for ``pairs`` in input order (fp32, whatever the weights' precision), as a
-        :class:`~dheera_local.backends.base.Logits` that knows each pair's tokens."""
+        :class:`~dheera_local._backend.Logits` that knows each pair's tokens."""
         if not pairs:
             return Logits(pair_tokens=[])
         encoded = self._tokenize(pairs, max_length)

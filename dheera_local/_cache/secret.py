@@ -4,7 +4,7 @@ A remote score is cached under the credential it was fetched with (a wrong ``api
 the right key's scores), yet the credential itself must never reach the cache: its namespace is
 ``HMAC-SHA256(secret, credential)``, with a random 32-byte secret made on first use in the cache
 folder (``secret.key``, owner-only 0600). Without the secret a cache row says nothing about the key;
-with it, only a guess can be checked. The kernel verdicts (:mod:`._kernel_verdicts`) are signed with
+with it, only a guess can be checked. The kernel verdicts (:mod:`dheera_local._local.kernel_verdicts`) are signed with
 it, so a verdict planted by a writer who cannot read the secret is ignored.
 
 A secret file that is not a private regular file of 32 bytes (a symlink, another size, readable by

@@ -4,7 +4,7 @@ Several replicas of the proxy behind one load balancer each keep a disk cache; a
 replica scored is scored again by the next. Pointing them at one Redis (``DHEERA_CACHE_URL``, or
 ``cache_url:`` in the proxy's ``general_settings``) makes a pair scored anywhere a hit everywhere.
 
-* Keys are the disk cache's (:class:`~._cache.KeyMaker`: a SHA-256 of model, revision, max_length,
+* Keys are the disk cache's (:class:`~dheera_local._cache.store.KeyMaker`: a SHA-256 of model, revision, max_length,
   numerics, query and document, so never a secret), under the ``dheera:score:`` prefix; values are
   the same 8 raw big-endian bytes; a value of any other length is a miss (never unpickled, never
   trusted beyond being a number).
@@ -21,7 +21,7 @@ replica scored is scored again by the next. Pointing them at one Redis (``DHEERA
   have left in the tier, so a remote endpoint's score keeps its ``DHEERA_REMOTE_CACHE_TTL``), and new
   scores are written to both.
 
-The store (:class:`RedisCacheStore`) offers the orchestrator what :class:`~._cache.CacheStore` does
+The store (:class:`RedisCacheStore`) offers the orchestrator what :class:`~dheera_local._cache.store.CacheStore` does
 (``open``, ``is_open``, ``close``), so ``Reranker(cache=RedisCacheStore(url))`` is all it takes.
 redis-py is imported only when a store is made (``pip install 'dheera_local[redis]'``).
 """
@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ._cache import DEFAULT_SIZE_LIMIT, SHARED_CACHES, CacheStore, PairCache
-from ._errors import ConfigError
-from ._secrets import register
-from ._settings import Settings  # at run time too: typing.get_type_hints resolves from_settings' signature
+from .._errors import ConfigError
+from .._secrets import register
+from .._settings import Settings  # at run time too: typing.get_type_hints resolves from_settings' signature
+from .store import DEFAULT_SIZE_LIMIT, SHARED_CACHES, CacheStore, PairCache
 
 logger = logging.getLogger("dheera_local")
 

@@ -1,0 +1,1 @@
+"""The score cache: the folder store, its secret, the shared Redis/Valkey tier."""

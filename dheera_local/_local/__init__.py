@@ -1,0 +1,1 @@
+"""Local inference: the local backend, its model store, kernels, precision, token budget, windows."""
