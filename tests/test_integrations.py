@@ -10,6 +10,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from dheera_local import RerankOptions
 from dheera_local._options import OPTION_NAMES
 from dheera_local.integrations._base import ENGINE_OPTIONS
 
@@ -49,6 +50,7 @@ def test_a_missing_framework_is_one_import_error_naming_the_extra(module: str, p
 
 def test_every_adapter_option_is_an_engine_option() -> None:
     assert set(ENGINE_OPTIONS) <= set(OPTION_NAMES)
+    assert list(ENGINE_OPTIONS) == [name for name in OPTION_NAMES if name in ENGINE_OPTIONS]  # derived, in order
 
 
 @pytest.fixture(params=[module for module, _, _ in ADAPTERS])
@@ -65,6 +67,18 @@ def test_every_engine_option_is_a_field(adapter: type) -> None:
         "api_base": "https://rerank.example", "api_key": None, "api_format": None, "backend": "auto", "cache": False,
         "device": None, "dtype": "float32", "max_length": 256, "timeout": None, "instruction": None, "prompt": None,
     }  # fmt: skip
+
+
+def test_options_bring_every_engine_option_and_the_fields_set_go_on_top(adapter: type) -> None:
+    # An option with no field of its own (raw_scores, batch_tokens, or one added later) needs no adapter edit.
+    options = RerankOptions(raw_scores=True, batch_tokens=4096, backend="remote", api_base="https://rerank.example")
+    made = adapter(model="org/name", options=options, max_length=256)
+    assert made.rerank_options() == options.replace(max_length=256)  # backend's default "auto" did not undo it
+    made.dtype = "float32"  # a field set later is seen
+    assert made.rerank_options() == options.replace(max_length=256, dtype="float32")
+    assert "options" not in made.model_dump()
+    with pytest.raises(ValidationError, match="dtype 'flaot16' is not one of"):
+        adapter(model="org/name", options=options, dtype="flaot16")
 
 
 @pytest.mark.parametrize(

@@ -12,17 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from .._model_ref import parse_model
-from .._options import RerankOptions, build_options
-from .._orchestrator import Reranker
+from .._engine.orchestrator import Reranker
+from .._engine.runtime import default_reranker
+from .._models.model_ref import parse_model
+from .._options import OPTION_NAMES, RerankOptions, build_options, merge_options
 from .._response import RerankResult
-from .._runtime import default_reranker
-
-# The keyword options of ``dheera_local.rerank`` an adapter takes as fields (a test checks each is one).
-ENGINE_OPTIONS = (
-    "api_base", "api_key", "api_format", "backend", "cache", "device", "dtype", "max_length", "timeout", "instruction",
-    "prompt",
-)  # fmt: skip
 
 
 def missing_extra(module: str, package: str, extra: str) -> str:
@@ -58,6 +52,11 @@ class RerankFields(BaseModel):
     timeout: float | None = Field(default=None, description="Seconds one remote request may take.")
     instruction: str | None = Field(default=None, description="Qwen3-Reranker's task instruction (LLM rerankers).")
     prompt: str | None = Field(default=None, description="bge-reranker-v2-gemma's prompt (LLM rerankers).")
+    # Every engine option, those without a field of their own included (raw_scores, batch_tokens, cache_dir, and
+    # any option added later): the fields above, when set, go on top of it.
+    options: RerankOptions | None = Field(
+        default=None, exclude=True, description="Engine options made once (dheera_local.RerankOptions)."
+    )
     reranker: Reranker | None = Field(
         default=None, exclude=True, description="The engine to use (default: the one behind dheera_local.rerank)."
     )
@@ -77,10 +76,16 @@ class RerankFields(BaseModel):
 
     def rerank_options(self) -> RerankOptions:
         """The engine options passed to :meth:`dheera_local.Reranker.rerank`: checked when the adapter is made,
-        not per query (again only after a field changed)."""
-        values = tuple(getattr(self, name) for name in ENGINE_OPTIONS)
+        not per query (again only after a field changed). With ``options``, only the fields set on the adapter
+        go on top of it (an unset field's default does not undo what ``options`` says)."""
+        values = (self.options, tuple(getattr(self, name) for name in ENGINE_OPTIONS), frozenset(self.model_fields_set))
         if self._options is None or self._options[0] != values:
-            self._options = (values, build_options(**self.engine_options()))
+            if self.options is None:
+                made = build_options(**self.engine_options())
+            else:
+                chosen = {name: getattr(self, name) for name in ENGINE_OPTIONS if name in self.model_fields_set}
+                made = merge_options(self.options, chosen)
+            self._options = (values, made)
         return self._options[1]
 
     def engine(self) -> Reranker:
@@ -97,3 +102,8 @@ class RerankFields(BaseModel):
         options = self.rerank_options()
         response = await self.engine().arerank(self.model, query, texts, top_n=self.top_n, options=options)
         return response.results
+
+
+# The engine options an adapter takes as fields: RerankOptions' fields that RerankFields declares (in the options'
+# order); every other option comes in through ``options``.
+ENGINE_OPTIONS = tuple(name for name in OPTION_NAMES if name in RerankFields.model_fields)
