@@ -147,6 +147,19 @@ def test_architecture_md_places_every_module_and_the_imports_go_downward() -> No
     assert upward == []
 
 
+def test_architecture_md_names_every_private_module() -> None:
+    # The picture and the module table are where a reader looks a file up: a new one must be placed there.
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    layers = ("_engine", "_local", "_remote", "_cache", "_models")
+    unnamed = sorted(
+        str(path.relative_to(PACKAGE))
+        for layer in layers
+        for path in (PACKAGE / layer).glob("*.py")
+        if path.name != "__init__.py" and path.name not in text
+    )
+    assert unnamed == []
+
+
 CONCRETE_BACKENDS = {"dheera_local._local.backend", "dheera_local._remote.tei", "dheera_local._remote.cohere",
                      "dheera_local._remote.hf_hosted"}  # fmt: skip
 

@@ -29,7 +29,11 @@ from ..providers import get_provider
 from .factory import Backends
 
 DEFAULT_MAX_LENGTH = 512
-HOSTED = "hf"  # the provider of HF hosted inference: a hub model's remote when no api_base is given
+# The spelling's wire format when api_format is not given (LiteLLM's conventions): HF hosted inference for a hub
+# model without api_base; with api_base, TEI for ``huggingface/ORG/NAME`` and Cohere's for any other name.
+HOSTED = "hf"
+HUB_ENDPOINT = "tei"
+NAMED_ENDPOINT = "cohere"
 
 
 @dataclass
@@ -118,7 +122,7 @@ class Selector:
     def _hub_remote(self, ref: ModelRef, options: RerankOptions) -> Backend | None:
         assert ref.hub_id is not None
         if options.api_base:
-            default = "tei" if ref.text.startswith(HF_PREFIX) else "cohere"
+            default = HUB_ENDPOINT if ref.text.startswith(HF_PREFIX) else NAMED_ENDPOINT
             return self.backends.endpoint(options.api_format or default, options, model=ref.name)
         if options.api_format not in (None, HOSTED):
             if _provider_base(options) is None:
@@ -141,7 +145,7 @@ class Selector:
                 "its own template",
                 field=option,
             )
-        backend = self.backends.endpoint(options.api_format or "cohere", options, model=ref.name)
+        backend = self.backends.endpoint(options.api_format or NAMED_ENDPOINT, options, model=ref.name)
         template = template_for_name(ref.name)
         prompt = _prompt(template, ref.text, options)
         keyed = f"{template.name}:{prompt}" if template is not None else ""

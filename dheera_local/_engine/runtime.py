@@ -2,8 +2,8 @@
 
 Shared: the loaded models (:data:`~dheera_local._local.backend.SHARED_MODELS`), the tokenizers that window
 long documents (:data:`~dheera_local._local.chunking.SHARED_TOKENIZERS`), the open score caches
-(:data:`~dheera_local._cache.store.SHARED_CACHES`), the shared tiers (:data:`~dheera_local._cache.shared_tier.SHARED_TIERS`) and the
-default :class:`~dheera_local.Reranker` behind
+(:data:`~dheera_local._cache.store.SHARED_CACHES`), the shared tiers
+(:data:`~dheera_local._cache.shared_tier.SHARED_TIERS`) and the default :class:`~dheera_local.Reranker` behind
 ``dheera_local.rerank``. Whoever owns the process calls :func:`close_all` when done: the proxy's
 lifespan, the CLI, a test; the next call starts afresh (and reads the environment again).
 """

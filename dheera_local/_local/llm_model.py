@@ -14,8 +14,9 @@ does not:
 * the batches: pairs go longest first into batches bounded by a padded-token budget (the reference:
   fixed counts, in input order for Qwen3). Right padding needs no attention mask under causal attention
   (no real token sees a pad), so SDPA runs its causal kernel; left padding is kept for tests;
-* the linears, on CPU: every projection's weight is laid out once for oneDNN at load (:mod:`dheera_local._local.cpu_kernels`)
-  instead of at every call, kept only if a probe pair scores as it did before packing.
+* the linears, on CPU: every projection's weight is laid out once for oneDNN at load
+  (:mod:`dheera_local._local.cpu_kernels`) instead of at every call, kept only if a probe pair scores as it
+  did before packing.
 
 Scores are the reference's because the prompt's token ids are built by its procedure
 (:mod:`dheera_local._models.llm_templates`), and the arithmetic is the same up to float rounding.
