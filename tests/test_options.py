@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from conftest import TINY_BERT_ID
 from dheera_local import InvalidRequestError, Reranker
 from dheera_local._cache.store import KeyMaker
 from dheera_local._engine.orchestrator import relevance_score, sigmoid
@@ -180,6 +181,18 @@ def test_a_logit_becomes_a_score_in_one_function() -> None:
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "sigmoid":
                 callers.append(path.relative_to(PACKAGE).as_posix())
     assert callers == ["_engine/orchestrator.py"], callers  # relevance_score's own call
+
+
+def test_pair_scores_report_scores_as_rerank_does_with_the_same_options(hub_cache: Path) -> None:
+    pairs = [("capital city", "washington is the capital"), ("capital city", "a river")]
+    with Reranker() as reranker:
+        plain = reranker.score_pairs(TINY_BERT_ID, pairs, device="cpu", dtype="float32", cache=False)
+        raw = reranker.score_pairs(TINY_BERT_ID, pairs, device="cpu", dtype="float32", cache=False, raw_scores=True)
+        ranked = reranker.rerank(TINY_BERT_ID, pairs[0][0], [d for _, d in pairs], raw_scores=True, cache=False,
+                                 device="cpu", dtype="float32")  # fmt: skip
+    assert plain.scores == [sigmoid(logit) for logit in plain.logits]
+    assert raw.scores == raw.logits == plain.logits
+    assert sorted(raw.scores, reverse=True) == [result.relevance_score for result in ranked.results]
 
 
 def test_an_endpoint_is_keyed_by_its_base_with_or_without_a_slash(isolated_env: Path) -> None:

@@ -63,11 +63,13 @@ class PairScores:
     logits: list[float]
     served_by: ServedBy
     tokens: int | None = None  # scored by a model (cache hits cost none); None: a remote did not say
+    options: RerankOptions | None = None  # what they were scored with (None: the defaults)
 
     @property
     def scores(self) -> list[float]:
-        """Sigmoid relevance scores, as ``rerank`` reports them."""
-        return [relevance_score(logit) for logit in self.logits]
+        """Relevance scores, as ``rerank`` reports them with the same options (sigmoid; raw with ``raw_scores``)."""
+        options = self.options or DEFAULT_OPTIONS
+        return [relevance_score(logit, options) for logit in self.logits]
 
 
 @dataclass(frozen=True)
@@ -260,10 +262,10 @@ class Reranker:
         """
         ref, opts = parse_model(model), merge_options(options, values)
         if not pairs:
-            return _no_pairs(ref.name)
+            return _no_pairs(ref.name, opts)
         work = self._plan_and_lookup(ref, opts, pairs)
         self._fill(work)
-        return _pair_scores(work, pairs)
+        return _pair_scores(work, pairs, opts)
 
     async def ascore_pairs(
         self, model: str, pairs: list[Pair], options: RerankOptions | None = None, **values: Any
@@ -271,10 +273,10 @@ class Reranker:
         """The async twin of :meth:`score_pairs`."""
         ref, opts = parse_model(model), merge_options(options, values)
         if not pairs:
-            return _no_pairs(ref.name)
+            return _no_pairs(ref.name, opts)
         work = await asyncio.to_thread(self._plan_and_lookup, ref, opts, pairs)
         await self._afill(work)
-        return _pair_scores(work, pairs)
+        return _pair_scores(work, pairs, opts)
 
     def _plan_and_lookup(self, ref: Any, options: RerankOptions, pairs: list[Pair]) -> _Work:
         return self._lookup(self.selector.plan(ref, options), options, pairs)
@@ -375,13 +377,13 @@ def _record_failure(work: _Work, backend: Backend, exc: BackendError) -> None:
         logger.warning("%s backend failed (%s); falling back to %s", backend.name, exc, remaining[0].name)
 
 
-def _no_pairs(model: str) -> PairScores:
-    return PairScores([], ServedBy(backend="none", model=model))
+def _no_pairs(model: str, options: RerankOptions) -> PairScores:
+    return PairScores([], ServedBy(backend="none", model=model), options=options)
 
 
-def _pair_scores(work: _Work, pairs: list[Pair]) -> PairScores:
+def _pair_scores(work: _Work, pairs: list[Pair], options: RerankOptions) -> PairScores:
     """Each pair's logit (duplicates included, scored once), what served them and the tokens read."""
-    return PairScores([work.logits[pair] for pair in pairs], work.served_by(), work.tokens)
+    return PairScores([work.logits[pair] for pair in pairs], work.served_by(), work.tokens, options)
 
 
 def _all_failed(work: _Work, hub_cache: Path) -> AllBackendsFailedError:
