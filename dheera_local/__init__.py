@@ -26,6 +26,7 @@ _EXPORTS = {
     "InvalidRequestError": "._errors",
     "LocalBackend": "._local.backend",
     "LocalBackendError": "._errors",
+    "LlmFamily": "._models.llm_templates",
     "ModelBackend": "._backend",
     "ModelIdentity": "._models.identity",
     "ModelNotAvailableError": "._errors",
@@ -49,8 +50,10 @@ _EXPORTS = {
     "UnsupportedModelError": "._errors",
     "arerank": "._api",
     "close_all": "._engine.runtime",
+    "register_llm_family": "._models.llm_templates",
     "register_provider": ".providers",
     "rerank": "._api",
+    "unregister_llm_family": "._models.llm_templates",
     "unregister_provider": ".providers",
 }
 
@@ -79,6 +82,7 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     )
     from ._local.backend import LocalBackend
     from ._models.identity import ModelIdentity
+    from ._models.llm_templates import LlmFamily, register_llm_family, unregister_llm_family
     from ._options import RerankOptions
     from ._remote.http import HttpClients, RetryPolicy
     from ._response import ApiVersion, BilledUnits, RerankMeta, RerankResponse, RerankResult, ServedBy, Tokens
@@ -115,6 +119,7 @@ __all__ = [
     "Endpoint",
     "HttpClients",
     "InvalidRequestError",
+    "LlmFamily",
     "LocalBackend",
     "LocalBackendError",
     "ModelBackend",
@@ -141,7 +146,9 @@ __all__ = [
     "__version__",
     "arerank",
     "close_all",
+    "register_llm_family",
     "register_provider",
     "rerank",
+    "unregister_llm_family",
     "unregister_provider",
 ]

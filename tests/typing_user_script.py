@@ -22,6 +22,7 @@ from dheera_local import (
     BilledUnits,
     CacheStore,
     InvalidRequestError,
+    LlmFamily,
     ModelBackend,
     ModelIdentity,
     PairScores,
@@ -35,7 +36,9 @@ from dheera_local import (
     ServedBy,
     Settings,
     arerank,
+    register_llm_family,
     rerank,
+    unregister_llm_family,
 )
 from dheera_local.integrations.langchain import DheeraRerank as LangChainRerank
 from dheera_local.integrations.llama_index import DheeraRerank as LlamaIndexRerank
@@ -127,6 +130,21 @@ def offline(folder: Path) -> int:
     job = ScoreJob(model=MODEL, input=folder / "pairs.jsonl", output=folder / "scores.jsonl", rerank=True)
     report: ScoreReport = score_file(job)
     return report.rows - report.bad_rows
+
+
+def judge_encode(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int, instruction: str) -> list[list[int]]:
+    texts = [f"{instruction}\n{query}\n{document}" for query, document in pairs]
+    ids: list[list[int]] = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return ids
+
+
+def my_llm_family() -> str:
+    family = LlmFamily(
+        "judge", "instruction", "Judge.", ("yes",), (1.0,), judge_encode, architectures=("Qwen2ForCausalLM",)
+    )
+    registered: LlmFamily = register_llm_family(family)
+    unregister_llm_family(registered.name)
+    return registered.text(None)
 
 
 def in_my_tests() -> list[tuple[str, list[str]]]:

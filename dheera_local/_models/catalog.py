@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from .._errors import LocalBackendError, UnsupportedModelError
-from .llm_templates import LLM_ARCHITECTURES
+from .llm_templates import llm_architectures
 
 CROSS_ENCODER = "cross-encoder"
 LLM_RERANKER = "llm-reranker"
@@ -78,7 +78,7 @@ def check_cross_encoder(model_id: str | None, folder: Path | None = None, *, str
 
     The rule, applied when a model is planned, pulled and loaded: not a layerwise LLM reranker of
     models.txt, and (given its ``folder``) a ``*ForSequenceClassification`` architecture with 1 or 2
-    labels, or an LLM architecture scored through its prompt template (:data:`LLM_ARCHITECTURES`).
+    labels, or an LLM architecture scored through a registered family's prompt (:func:`llm_architectures`).
 
     Raises:
         UnsupportedModelError: The model is not a cross-encoder.
@@ -101,7 +101,7 @@ def check_cross_encoder(model_id: str | None, folder: Path | None = None, *, str
             return
         raise LocalBackendError(f"{model_id}: cannot read {folder / 'config.json'}: {exc}") from exc
     architectures = config.get("architectures") or []
-    if any(a in LLM_ARCHITECTURES for a in architectures):
+    if any(a in llm_architectures() for a in architectures):
         return
     if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
         raise UnsupportedModelError(

@@ -1,7 +1,8 @@
-"""The prompt templates of decoder-only (LLM) rerankers, and which model uses which.
+"""The families of decoder-only (LLM) rerankers — each one's prompt, answer tokens and the models it
+serves — in one registry, :func:`register_llm_family`, which the built-ins use as a third party would.
 
 An LLM reranker scores a pair by the logit of an answer token after a prompt; without its exact prompt
-its scores are close to random. Two families, each tokenized exactly as its reference code does:
+its scores are close to random. Two built-in families, each tokenized exactly as its reference code does:
 
 * ``bge-gemma`` (BAAI/bge-reranker-v2-gemma, ``GemmaForCausalLM``), after FlagEmbedding's
   ``FlagLLMReranker`` (``FlagEmbedding/inference/reranker/decoder_only/base.py``): ``<bos>A: {query}``
@@ -20,6 +21,9 @@ Pure Python over a tokenizer object: nothing here imports torch.
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,28 +42,40 @@ QWEN3_PREFIX = (
 )
 QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
-# The architectures each family is served from (config.json's ``architectures``).
-_ARCHITECTURES = {
-    "GemmaForCausalLM": "bge-gemma",
-    "Qwen3ForCausalLM": "qwen3",
-    "Qwen3ForSequenceClassification": "qwen3",
-}
-# The causal LMs scored through their template (their full-vocabulary head is otherwise meaningless here).
-LLM_ARCHITECTURES = tuple(name for name in _ARCHITECTURES if name.endswith("ForCausalLM"))
-# Hub ids that name a family when no weights are on the machine (a remote candidate's cache identity).
-_NAME_HINTS = {"bge-reranker-v2-gemma": "bge-gemma", "qwen3-reranker": "qwen3"}
+PROMPT_OPTIONS = ("instruction", "prompt")  # the engine options a family's prompt text may be set by
+
+Encoder = Callable[[Any, list[tuple[str, str]], int, str], list[list[int]]]
 
 
 @dataclass(frozen=True)
-class LlmTemplate:
-    """One family's prompt: the engine option that overrides its text, that text's default, the answer
-    tokens whose logits make the score (``raw = sum(sign * logit)``)."""
+class LlmFamily:
+    """One family of LLM rerankers: how a pair becomes token ids, which answer logits make the score, and
+    which models it serves.
+
+    Args:
+        name: The family's name; part of every cache key of its scores (with the prompt text).
+        option: The engine option that overrides its prompt text: ``instruction`` or ``prompt``.
+        default: That text when the request gives none.
+        answer_tokens: The tokens whose next-token logits make the score: ``raw = sum(sign * logit)``.
+        answer_signs: One sign per answer token (Qwen3: logit(yes) - logit(no) is ``(-1, 1)`` over (no, yes)).
+        encode: ``(tokenizer, pairs, max_length, text) -> token ids per pair``: the full prompt, exactly as the
+            family's reference code builds it (truncation included). The model scores the last position.
+        architectures: config.json ``architectures`` served by this family when the weights are here.
+        name_hints: Lower-case parts of hub ids that name the family when no weights are here (a remote
+            candidate's cache identity); keep them specific enough not to catch a cross-encoder.
+        answer_ids: ``tokenizer -> ids`` of the answer tokens, when the reference looks them up otherwise than
+            ``convert_tokens_to_ids`` (FlagEmbedding: the first id of tokenizing "Yes").
+    """
 
     name: str
     option: str
     default: str
     answer_tokens: tuple[str, ...]
     answer_signs: tuple[float, ...]
+    encode: Encoder
+    architectures: tuple[str, ...] = ()
+    name_hints: tuple[str, ...] = ()
+    answer_ids_of: Callable[[Any], list[int]] | None = None
 
     def text(self, value: str | None) -> str:
         """The prompt or instruction a request uses: ``value``, else the default."""
@@ -67,24 +83,87 @@ class LlmTemplate:
 
     def answer_ids(self, tokenizer: Any) -> list[int]:
         """The ids of :attr:`answer_tokens`, looked up as the reference code does."""
-        if self.name == "bge-gemma":  # FlagEmbedding: the first id of tokenizing "Yes" without specials
-            return [tokenizer("Yes", add_special_tokens=False)["input_ids"][0]]
+        if self.answer_ids_of is not None:
+            return self.answer_ids_of(tokenizer)
         ids = [tokenizer.convert_tokens_to_ids(token) for token in self.answer_tokens]
         if any(i is None or i == tokenizer.unk_token_id for i in ids):
             raise ValueError(f"the tokenizer lacks the answer tokens {self.answer_tokens}")
         return ids
 
-    def encode(self, tokenizer: Any, pairs: list[tuple[str, str]], max_length: int, text: str) -> list[list[int]]:
-        """Token ids of each pair's full prompt, exactly as the reference code builds them."""
-        if self.name == "bge-gemma":
-            return _encode_gemma(tokenizer, pairs, max_length, text)
-        return _encode_qwen3(tokenizer, pairs, max_length, text)
+
+LlmTemplate = LlmFamily  # the engine's word for the family a model is scored with
+
+ENTRY_POINT_GROUP = "dheera_local.llm_families"  # an installed package's LlmFamily objects, loaded on first use
+logger = logging.getLogger("dheera_local")
+
+_FAMILIES: dict[str, LlmFamily] = {}
+_LOCK = threading.RLock()  # reentrant: a plugin loaded under it registers through register_llm_family
+_plugins_loaded = False
 
 
-BGE_GEMMA = LlmTemplate("bge-gemma", "prompt", GEMMA_PROMPT, ("Yes",), (1.0,))
-QWEN3 = LlmTemplate("qwen3", "instruction", QWEN3_INSTRUCTION, ("no", "yes"), (-1.0, 1.0))
-TEMPLATES = {template.name: template for template in (BGE_GEMMA, QWEN3)}
-PROMPT_OPTIONS = ("instruction", "prompt")
+def register_llm_family(family: LlmFamily) -> LlmFamily:
+    """Serve ``family``'s models (by architecture when their weights are here, by hub id otherwise).
+
+    Raises:
+        ValueError: The name is taken, an architecture is another family's, the option is not ``instruction``
+            or ``prompt``, or the answer tokens and signs differ in number.
+    """
+    if not isinstance(family, LlmFamily):
+        raise TypeError(f"expected a dheera_local.LlmFamily, got {type(family).__name__}")
+    if family.option not in PROMPT_OPTIONS:
+        raise ValueError(f"family {family.name!r}: option must be one of {', '.join(PROMPT_OPTIONS)}")
+    if not family.answer_tokens or len(family.answer_tokens) != len(family.answer_signs):
+        raise ValueError(f"family {family.name!r}: one sign per answer token, and at least one token")
+    if not callable(family.encode):
+        raise ValueError(f"family {family.name!r}: encode must be callable")
+    with _LOCK:
+        if family.name in _FAMILIES:
+            raise ValueError(f"an LLM reranker family named {family.name!r} is registered already")
+        for other in _FAMILIES.values():
+            taken = set(family.architectures) & set(other.architectures)
+            if taken:
+                raise ValueError(f"family {family.name!r}: {', '.join(sorted(taken))} is served by {other.name!r}")
+        _FAMILIES[family.name] = family
+    return family
+
+
+def unregister_llm_family(name: str) -> None:
+    """Forget family ``name`` (a test's, or a plugin's being unloaded); unknown names are ignored."""
+    with _LOCK:
+        _FAMILIES.pop(name, None)
+
+
+def llm_families() -> dict[str, LlmFamily]:
+    """The registered families, by name (a copy); the entry-point group's are loaded on the first call."""
+    with _LOCK:
+        _load_plugins()
+        return dict(_FAMILIES)
+
+
+def _load_plugins() -> None:
+    """Register the families installed packages declare (``[project.entry-points."dheera_local.llm_families"]``),
+    so the CLI, the proxy and spawned workers know them as the user's script does. A broken one is logged and
+    skipped, never fatal. Called with the lock held."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points  # ~50 ms of imports: paid on first use, not at import
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            family = point.load()
+            if not isinstance(family, LlmFamily):
+                raise TypeError(f"{point.value} is a {type(family).__name__}, not a dheera_local.LlmFamily")
+            register_llm_family(family)
+        except Exception as exc:  # noqa: BLE001 - someone else's package must not break every rerank
+            logger.warning("dheera_local: skipped LLM family entry point %r (%s): %s", point.name, point.value, exc)
+
+
+def llm_architectures() -> frozenset[str]:
+    """The causal-LM architectures scored through a family's prompt (their full-vocabulary head is otherwise
+    meaningless here; catalog.py's cross-encoder rule lets them through)."""
+    return frozenset(a for family in llm_families().values() for a in family.architectures if "ForCausalLM" in a)
 
 
 def _encode_gemma(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int, prompt: str) -> list[list[int]]:
@@ -130,24 +209,42 @@ def _encode_qwen3(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int,
 
 
 def template_for_folder(folder: Path) -> LlmTemplate | None:
-    """The template of the model in ``folder`` (by its config's architecture), or None (a cross-encoder)."""
+    """The family of the model in ``folder`` (by its config's architecture), or None (a cross-encoder)."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    families = llm_families().values()
     for architecture in config.get("architectures") or []:
-        if architecture in _ARCHITECTURES:
-            return TEMPLATES[_ARCHITECTURES[architecture]]
+        for family in families:
+            if architecture in family.architectures:
+                return family
     return None
 
 
 def template_for_name(model_id: str | None) -> LlmTemplate | None:
-    """The template a hub id names (for a remote candidate, whose weights are not here), or None."""
+    """The family a hub id names (for a remote candidate, whose weights are not here), or None."""
     lowered = (model_id or "").lower()
-    for hint, name in _NAME_HINTS.items():
-        if hint in lowered:
-            return TEMPLATES[name]
+    for family in llm_families().values():
+        if any(hint in lowered for hint in family.name_hints):
+            return family
     return None
+
+
+def _first_yes_id(tokenizer: Any) -> list[int]:
+    # FlagEmbedding: the first id of tokenizing "Yes" without special tokens.
+    return [tokenizer("Yes", add_special_tokens=False)["input_ids"][0]]
+
+
+# The built-ins, registered as any family is.
+BGE_GEMMA = register_llm_family(LlmFamily(
+    "bge-gemma", "prompt", GEMMA_PROMPT, ("Yes",), (1.0,), _encode_gemma,
+    architectures=("GemmaForCausalLM",), name_hints=("bge-reranker-v2-gemma",), answer_ids_of=_first_yes_id,
+))  # fmt: skip
+QWEN3 = register_llm_family(LlmFamily(
+    "qwen3", "instruction", QWEN3_INSTRUCTION, ("no", "yes"), (-1.0, 1.0), _encode_qwen3,
+    architectures=("Qwen3ForCausalLM", "Qwen3ForSequenceClassification"), name_hints=("qwen3-reranker",),
+))  # fmt: skip
 
 
 def resolve_prompt(template: LlmTemplate | None, model: str, values: dict[str, str | None]) -> str | None:
