@@ -13,8 +13,7 @@ import torch
 
 import dheera_local
 from dheera_local import InvalidRequestError, LlmFamily, Reranker, UnsupportedModelError
-from dheera_local.testing import install_in_hub_cache
-from dheera_local.testing.models import train_llm_tokenizer
+from dheera_local.testing import install_in_hub_cache, train_llm_tokenizer
 
 ACME_ID = "acme-org/acme-judge-reranker"
 INSTRUCTION = "Judge whether the document answers the query."

@@ -6,7 +6,8 @@
 * :func:`build_cross_encoder` / :func:`build_twin` / :func:`install_in_hub_cache`: tiny random
   cross-encoders (or real-shaped twins) saved offline, and laid out as huggingface_hub cache
   entries so discovery by hub id is exercised; :func:`train_keyword_reranker`: a tiny model with a
-  real ranking signal.
+  real ranking signal; :func:`build_llm_reranker` / :func:`train_llm_tokenizer`: tiny random Gemma or Qwen3
+  causal LMs whose tokenizers hold the LLM rerankers' special and answer tokens (for an LLM family of your own).
 * :class:`Servers` / :class:`LoopbackServer` / :class:`Fault`: real loopback HTTP servers that
   speak TEI, HF hosted and Cohere, with fault injection (``dheera_local.testing.servers``).
 
@@ -16,9 +17,11 @@ torch and sentence-transformers load only when a model is built or a server scor
 from .fake import FakeBackend, FakeBackends, fake_reranker, word_overlap
 from .models import (
     build_cross_encoder,
+    build_llm_reranker,
     build_twin,
     install_in_hub_cache,
     train_keyword_reranker,
+    train_llm_tokenizer,
     train_tokenizer,
 )
 from .servers import Fault, LoopbackServer, Recorded, Servers, reference_logits
@@ -31,11 +34,13 @@ __all__ = [
     "Recorded",
     "Servers",
     "build_cross_encoder",
+    "build_llm_reranker",
     "build_twin",
     "fake_reranker",
     "install_in_hub_cache",
     "reference_logits",
     "train_keyword_reranker",
+    "train_llm_tokenizer",
     "train_tokenizer",
     "word_overlap",
 ]
