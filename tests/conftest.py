@@ -10,6 +10,8 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +90,20 @@ def hub_cache(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_xl
 def keyword_model(models_root: Path) -> Path:
     """A tiny cross-encoder trained to score documents containing the word 'paris' high."""
     return testing.train_keyword_reranker(models_root / "keyword-paris", keyword="paris")
+
+
+def run_with_plugin(
+    folder: Path, module: str, source: str, group: str, entries: str, probe: str
+) -> subprocess.CompletedProcess:
+    """Run ``probe`` in a fresh interpreter where ``module`` (``source``) is installed as pip leaves a package
+    that declares ``entries`` (``name = module:OBJECT`` lines) in entry-point ``group``."""
+    (folder / f"{module}.py").write_text(source)
+    dist = folder / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{entries}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
 
 
 def closed_port() -> int:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import dheera_local
+from conftest import run_with_plugin
 from dheera_local import InvalidRequestError, LlmFamily, Reranker, UnsupportedModelError
 from dheera_local.testing import install_in_hub_cache, train_llm_tokenizer
 
@@ -162,19 +163,8 @@ print("identity prompt:", plan.identity.prompt)
 
 def test_an_installed_package_registers_a_family_through_the_entry_point_group(tmp_path: Path) -> None:
     # What the CLI, the proxy and spawned workers see: no user code runs there, the installed package's family does.
-    import os
-    import subprocess
-    import sys
-
-    (tmp_path / "judge_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "judge_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: judge-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[dheera_local.llm_families]\nplugged = judge_plugin:FAMILY\nbroken = judge_plugin:NOT_A_FAMILY\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    entries = "plugged = judge_plugin:FAMILY\nbroken = judge_plugin:NOT_A_FAMILY"
+    done = run_with_plugin(tmp_path, "judge_plugin", PLUGIN, "dheera_local.llm_families", entries, PROBE)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "loaded at import: False", "loaded on use: True", "identity prompt: plugged-judge:Judge."

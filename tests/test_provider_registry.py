@@ -10,9 +10,6 @@ Its loopback server scores by word overlap, so the expected order is known.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 
 import dheera_local
+from conftest import run_with_plugin
 from dheera_local import InvalidRequestError, Reranker, Settings, testing
 from dheera_local._options import build_options
 from dheera_local.providers import (
@@ -348,16 +346,8 @@ print("names:", ",".join(names))
 
 
 def test_an_installed_package_registers_through_the_entry_point_group(tmp_path: Path) -> None:
-    (tmp_path / "acme_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "acme_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[dheera_local.providers]\nplugged = acme_plugin:PROVIDER\nbroken = acme_plugin:NOT_A_PROVIDER\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(PROBE)], env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    entries = "plugged = acme_plugin:PROVIDER\nbroken = acme_plugin:NOT_A_PROVIDER"
+    done = run_with_plugin(tmp_path, "acme_plugin", PLUGIN, "dheera_local.providers", entries, textwrap.dedent(PROBE))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines == ["loaded at import: False", "loaded on use: True", "names: tei,cohere,hf,plugged"]
