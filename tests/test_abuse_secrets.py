@@ -252,7 +252,11 @@ def test_an_hf_answer_naming_a_label_twice_is_refused(servers: Servers, tiny_ber
     hf.always = Fault(200, body=[labels] * len(DOCS))
     with pytest.raises(AllBackendsFailedError, match="'LABEL_1' appears twice"):
         Reranker(retry=FAST).rerank(
-            "tiny-org/remote-only", QUERY, DOCS, api_base=hf.url + "/models/tiny-org/remote-only", api_format="hf",
+            "tiny-org/remote-only",
+            QUERY,
+            DOCS,
+            api_base=hf.url + "/models/tiny-org/remote-only",
+            api_format="hf",
             cache=False,
         )
 

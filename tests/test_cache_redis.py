@@ -22,8 +22,6 @@ QUERY = "capital city"
 DOCS = ["washington is the capital", "a river in france", "tokyo"]
 
 
-
-
 @pytest.fixture(scope="module")
 def redis_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server on a loopback port for the module; each test flushes it first."""
@@ -102,9 +100,7 @@ def test_two_levels_copy_tier_hits_to_the_replicas_disk(tier: RedisServer, tmp_p
     assert (tmp_path / "b" / "cache.db").exists()
 
 
-def test_a_tier_that_is_down_scores_uncached_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_tier_that_is_down_scores_uncached_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = f"redis://:hunter2-secret@127.0.0.1:{closed_port()}/0"
     reranker = _reranker(url, tmp_path, retry_after=0.0)  # ask the tier on every request: warn once anyway
     with caplog.at_level(logging.WARNING, logger="dheera_local"):

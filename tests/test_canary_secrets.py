@@ -328,8 +328,10 @@ def test_no_error_is_raised_inside_an_except_that_holds_a_validation_error() -> 
     raising = []
     for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ExceptHandler) and node.type is not None and "ValidationError" in ast.unparse(
-                node.type
+            if (
+                isinstance(node, ast.ExceptHandler)
+                and node.type is not None
+                and "ValidationError" in ast.unparse(node.type)
             ):
                 raising += [
                     f"{path.relative_to(package)}:{inner.lineno}"

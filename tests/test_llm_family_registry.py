@@ -139,7 +139,7 @@ def test_a_bad_family_is_refused_when_registered(change: dict[str, Any], message
         dheera_local.register_llm_family(dataclasses.replace(ACME, **{"architectures": (), **change}))
 
 
-PLUGIN = '''
+PLUGIN = """
 from dheera_local import LlmFamily
 
 def encode(tokenizer, pairs, max_length, instruction):
@@ -148,9 +148,9 @@ def encode(tokenizer, pairs, max_length, instruction):
 FAMILY = LlmFamily("plugged-judge", "instruction", "Judge.", ("yes",), (1.0,), encode,
                    architectures=("Qwen2ForCausalLM",), name_hints=("plugged-judge",))
 NOT_A_FAMILY = object()
-'''
+"""
 
-PROBE = '''
+PROBE = """
 import logging, sys
 logging.basicConfig(level=logging.WARNING)
 import dheera_local
@@ -158,7 +158,7 @@ print("loaded at import:", "judge_plugin" in sys.modules)
 plan = dheera_local.Reranker().plan("org/plugged-judge-v1", api_base="http://127.0.0.1:9")  # a remote: no load
 print("loaded on use:", "judge_plugin" in sys.modules)
 print("identity prompt:", plan.identity.prompt)
-'''
+"""
 
 
 def test_an_installed_package_registers_a_family_through_the_entry_point_group(tmp_path: Path) -> None:

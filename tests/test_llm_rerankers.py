@@ -129,8 +129,12 @@ QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 
 def qwen3_card_reference(
-    folder: Path, pairs: list[tuple[str, str]], max_length: int, instruction: str | None = None,
-    batch_size: int = 8, seq_cls: bool = False,
+    folder: Path,
+    pairs: list[tuple[str, str]],
+    max_length: int,
+    instruction: str | None = None,
+    batch_size: int = 8,
+    seq_cls: bool = False,
 ) -> list[float]:
     """The Qwen3-Reranker card's transformers example: P(yes) per pair, batches of ``batch_size`` in input
     order. ``seq_cls``: the same inputs through a ``*ForSequenceClassification`` conversion (its logit)."""

@@ -401,9 +401,7 @@ def test_readiness_reports_the_shared_tier(tier: RedisServer, tiny_bert: Path) -
     assert tier.url.split("@")[-1].split("/")[0] not in up.text  # the open probe does not tell the tier's address
 
 
-def test_readiness_reports_a_tier_named_by_the_environment(
-    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_readiness_reports_a_tier_named_by_the_environment(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import closed_port
 
     monkeypatch.setenv("DHEERA_CACHE_URL", f"redis://127.0.0.1:{closed_port()}/0")

@@ -47,9 +47,7 @@ SCALARS = st.one_of(
 # JSON-like values, nested, with everything JSON can carry (and Python's NaN, huge ints, surrogates).
 VALUES = st.recursive(
     SCALARS,
-    lambda children: st.one_of(
-        st.lists(children, max_size=4), st.dictionaries(ANY_TEXT, children, max_size=4)
-    ),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(ANY_TEXT, children, max_size=4)),
     max_leaves=20,
 )
 
@@ -104,8 +102,14 @@ def test_build_request_accepts_or_names_the_field(
 ) -> None:
     request = assert_valid_or_named(
         lambda: build_request(
-            "cohere/some-model", query, documents, top_n, return_documents, rank_fields=rank_fields,
-            max_chunks_per_doc=max_chunks, max_tokens_per_doc=max_tokens,
+            "cohere/some-model",
+            query,
+            documents,
+            top_n,
+            return_documents,
+            rank_fields=rank_fields,
+            max_chunks_per_doc=max_chunks,
+            max_tokens_per_doc=max_tokens,
         )  # fmt: skip
     )
     if request is not None:
@@ -149,7 +153,9 @@ def check_request(request: RerankRequest, documents: Any) -> None:
 @bounded(200)
 @given(
     model=st.one_of(
-        ANY_TEXT, SCALARS, st.text(string.ascii_letters + "/-_.~\\\x00", max_size=30),
+        ANY_TEXT,
+        SCALARS,
+        st.text(string.ascii_letters + "/-_.~\\\x00", max_size=30),
         st.tuples(st.sampled_from(["", "cohere/", "huggingface/", "org/", "./"]), ANY_TEXT).map("".join),
         st.integers(min_value=200, max_value=6000).map(lambda n: "org/" + "m" * n),
     )

@@ -186,9 +186,7 @@ def test_an_unknown_api_format_is_refused_naming_the_field_and_the_registered_na
 
 
 @pytest.mark.usefixtures("registered")
-def test_the_cli_and_config_yaml_accept_the_new_name(
-    server: AcmeServer, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_cli_and_config_yaml_accept_the_new_name(server: AcmeServer, capsys: pytest.CaptureFixture[str]) -> None:
     from dheera_local import cli
     from dheera_local.server import parse_config
     from dheera_local.server.registry import ModelRegistry
@@ -323,7 +321,7 @@ def test_a_backend_without_pair_methods_is_given_them_where_it_comes_in() -> Non
 
 # The entry-point group --------------------------------------------------------------------------------------
 
-PLUGIN = '''
+PLUGIN = """
 from dheera_local.providers import Provider
 
 def make(endpoint):
@@ -331,9 +329,9 @@ def make(endpoint):
 
 PROVIDER = Provider("plugged", make)
 NOT_A_PROVIDER = object()
-'''
+"""
 
-PROBE = '''
+PROBE = """
 import logging, sys
 logging.basicConfig(level=logging.WARNING)
 import dheera_local
@@ -342,7 +340,7 @@ from dheera_local.providers import provider_names
 names = provider_names()
 print("loaded on use:", "acme_plugin" in sys.modules)
 print("names:", ",".join(names))
-'''
+"""
 
 
 def test_an_installed_package_registers_through_the_entry_point_group(tmp_path: Path) -> None:

@@ -74,9 +74,7 @@ def test_a_failure_reaches_every_caller() -> None:
     assert [str(error) for error in asyncio.run(main())] == ["upstream exploded"] * 3
 
 
-@pytest.mark.parametrize(
-    "change", [{"top_n": 1}, {"return_documents": True}, {"raw_scores": True}, {"query": "other"}]
-)
+@pytest.mark.parametrize("change", [{"top_n": 1}, {"return_documents": True}, {"raw_scores": True}, {"query": "other"}])
 def test_requests_that_answer_differently_have_different_keys(change: dict[str, object]) -> None:
     base = {"model": "org/name", "query": "q", "documents": ["a", "b"]}
     assert request_key("m", build_request(**base)) != request_key("m", build_request(**{**base, **change}))
