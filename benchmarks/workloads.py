@@ -48,8 +48,9 @@ def load_noveleval(folder: Path) -> NovelEval:
     if not (folder / "corpus.tsv").is_file():
         raise SystemExit(f"NovelEval not found at {folder}: pass --dataset PATH (the folder with corpus.tsv)")
     csv.field_size_limit(10**7)
-    queries = {row[0]: row[1] for row in _tsv(folder / "queries.tsv")}
-    corpus = {row[0]: row[1] for row in _tsv(folder / "corpus.tsv")}
+    queries = {row[0]: "\t".join(row[1:]) for row in _tsv(folder / "queries.tsv")}
+    # A passage may hold tabs itself (14-17: a table of footballers' wages): the text is every field after the id.
+    corpus = {row[0]: "\t".join(row[1:]) for row in _tsv(folder / "corpus.tsv")}
     qrels: dict[str, dict[str, int]] = {}
     for line in (folder / "qrels.txt").read_text().splitlines():
         parts = line.split()
