@@ -38,7 +38,9 @@ ACME = LlmFamily(
 )  # fmt: skip
 
 
-def acme_reference(folder: Path, pairs: list[tuple[str, str]], instruction: str, max_length: int) -> list[float]:
+def acme_reference(
+    folder: Path, pairs: list[tuple[str, str]], instruction: str, max_length: int, prompt: Any = acme_prompt
+) -> list[float]:
     """The family's reference procedure, written out: one pair at a time, the causal LM's next-token logit of
     "yes" after the prompt (fp32, no batching, no cache)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,7 +51,7 @@ def acme_reference(folder: Path, pairs: list[tuple[str, str]], instruction: str,
     logits = []
     for query, document in pairs:
         ids = tokenizer(
-            acme_prompt(instruction, query, document), add_special_tokens=False, truncation=True, max_length=max_length
+            prompt(instruction, query, document), add_special_tokens=False, truncation=True, max_length=max_length
         )["input_ids"]
         with torch.no_grad():
             logits.append(float(model(torch.tensor([ids])).logits[0, -1, yes]))
@@ -121,6 +123,47 @@ def test_the_family_name_and_its_option_are_the_engines(acme: Path) -> None:
         with pytest.raises(InvalidRequestError, match="takes 'instruction', not 'prompt'") as refused:
             reranker.rerank(ACME_ID, QUERY, DOCS, prompt="say yes", **FP32)
     assert refused.value.field == "prompt"
+
+
+def terse_prompt(instruction: str, query: str, document: str) -> str:
+    return f"{query} | {document} | {instruction} yes or no?"
+
+
+def terse_encode(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int, instruction: str) -> list[list[int]]:
+    texts = [terse_prompt(instruction, query, document) for query, document in pairs]
+    return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+
+
+def test_a_loaded_model_follows_its_family_being_registered_again(acme: Path) -> None:
+    # Fixing a family's encode in a notebook: unregister, register the new one. The model loaded with the old one
+    # must not keep scoring (and caching) with it.
+    import dataclasses
+
+    pairs = [(QUERY, d) for d in DOCS]
+    with Reranker() as reranker:
+        before = reranker.score_pairs(ACME_ID, pairs, cache=False, **FP32).logits
+        dheera_local.unregister_llm_family(ACME.name)
+        dheera_local.register_llm_family(dataclasses.replace(ACME, encode=terse_encode))
+        after = reranker.score_pairs(ACME_ID, pairs, cache=False, **FP32).logits
+    assert before == pytest.approx(acme_reference(acme, pairs, INSTRUCTION, 512), abs=1e-4)
+    assert after == pytest.approx(acme_reference(acme, pairs, INSTRUCTION, 512, terse_prompt), abs=1e-4)
+    assert after != pytest.approx(before, abs=1e-2)
+
+
+def test_registering_an_equal_family_again_is_a_no_op(acme: Path) -> None:
+    import dataclasses
+
+    assert dheera_local.register_llm_family(dataclasses.replace(ACME)) is ACME  # a plugin's import and entry point
+
+
+def test_a_one_element_tuple_without_its_comma_is_refused() -> None:
+    import dataclasses
+
+    # ("Qwen2ForCausalLM") is a str: its letters would match any hub id, or no architecture at all.
+    with pytest.raises(TypeError, match=r"write \('Qwen2ForCausalLM',\) with the comma"):
+        dheera_local.register_llm_family(dataclasses.replace(ACME, name="acme-3", architectures="Qwen2ForCausalLM"))
+    with pytest.raises(TypeError, match="name_hints must be a tuple of non-empty strings"):
+        dheera_local.register_llm_family(dataclasses.replace(ACME, name="acme-3", architectures=(), name_hints=("",)))
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .._errors import DheeraError, LocalBackendError
 from .._models.discovery import LocalWeights
 from .._models.identity import ModelIdentity
-from .._models.llm_templates import template_for_folder
+from .._models.llm_templates import family_generation, template_for_folder
 from .hardware import dtype_name, resolve_device, resolve_dtype
 from .kernel_verdicts import VerdictStore
 
@@ -54,6 +54,8 @@ class ModelStore:
         self._lock = threading.Lock()
         # Bumped by clear(): a load that started before it hands its model to its caller but does not keep it.
         self._generation = 0
+        # The LLM family registry's generation each model was last known to be scored right under.
+        self._families: dict[ModelIdentity, int] = {}
         self.retry_failed_after = retry_failed_after
 
     def get(self, key: ModelIdentity) -> LocalModel | None:
@@ -74,7 +76,7 @@ class ModelStore:
         ``verdicts``: where the kernel check's verdicts are remembered (None: the check always runs)."""
         while True:
             with self._lock:
-                if key in self._loaded:
+                if key in self._loaded and self._family_current(key):
                     return self._loaded[key]
                 lock = self._locks.setdefault(key, threading.Lock())
                 generation = self._generation
@@ -89,11 +91,12 @@ class ModelStore:
     ) -> LocalModel:
         """Load ``key`` (its lock held), keeping the result unless the store was cleared meanwhile."""
         with self._lock:
-            if key in self._loaded:
+            if key in self._loaded and self._family_current(key):
                 return self._loaded[key]
         failure = self.recent_failure(key)
         if failure is not None:
             raise failure
+        families = family_generation()  # read before the load looks the family up: a change meanwhile is rechecked
         try:
             model = _load(weights, key, verdicts)
         except LocalBackendError as exc:
@@ -104,6 +107,7 @@ class ModelStore:
         with self._lock:
             if generation == self._generation:
                 self._loaded[key] = model
+                self._families[key] = families
                 self._failed.pop(key, None)
         logger.info("loaded %s on %s as %s", weights.model_id, key.device, key.dtype)
         return model
@@ -115,6 +119,22 @@ class ModelStore:
             self._loaded.clear()
             self._failed.clear()
             self._locks.clear()
+            self._families.clear()
+
+    def _family_current(self, key: ModelIdentity) -> bool:
+        """True unless the LLM family registry changed since ``key`` loaded and now scores its folder with another
+        family (or none): a re-registered family's model must not keep the old prompt and write its scores under
+        the new family's cache keys. Then the model is dropped, to load again. Called with the lock held; reads
+        config.json only after a registry change."""
+        current = family_generation()
+        if self._families.get(key) == current:
+            return True
+        if template_for_folder(Path(key.path)) is getattr(self._loaded[key], "template", None):
+            self._families[key] = current
+            return True
+        del self._loaded[key]
+        self._families.pop(key, None)
+        return False
 
 
 def _load(weights: LocalWeights, key: ModelIdentity, verdicts: VerdictStore | None) -> LocalModel:

@@ -63,7 +63,7 @@ class LlmFamily:
         architectures: config.json ``architectures`` served by this family when the weights are here.
         name_hints: Lower-case parts of hub ids that name the family when no weights are here (a remote
             candidate's cache identity); keep them specific enough not to catch a cross-encoder.
-        answer_ids: ``tokenizer -> ids`` of the answer tokens, when the reference looks them up otherwise than
+        answer_ids_of: ``tokenizer -> ids`` of the answer tokens, when the reference looks them up otherwise than
             ``convert_tokens_to_ids`` (FlagEmbedding: the first id of tokenizing "Yes").
     """
 
@@ -97,26 +97,37 @@ ENTRY_POINT_GROUP = "dheera_local.llm_families"  # an installed package's LlmFam
 logger = logging.getLogger("dheera_local")
 
 _FAMILIES: dict[str, LlmFamily] = {}
-_LOCK = threading.RLock()  # reentrant: a plugin loaded under it registers through register_llm_family
+_LOCK = threading.Lock()  # held only to read or change _FAMILIES, never while importing a plugin
+_PLUGINS = threading.Lock()  # one thread loads the entry points; register_llm_family never waits for it
 _plugins_loaded = False
+_generation = 0  # bumped by every change, so a loaded model can tell that its family may have changed
 
 
 def register_llm_family(family: LlmFamily) -> LlmFamily:
     """Serve ``family``'s models (by architecture when their weights are here, by hub id otherwise).
+    Registering an equal family again is a no-op (a plugin that registers at import and by entry point).
 
     Raises:
-        ValueError: The name is taken, an architecture is another family's, the option is not ``instruction``
-            or ``prompt``, or the answer tokens and signs differ in number.
+        ValueError: The name is taken by another family, an architecture is another family's, the option is not
+            ``instruction`` or ``prompt``, or the answer tokens and signs differ in number.
+        TypeError: ``architectures``, ``name_hints`` or ``answer_tokens`` is not a tuple of non-empty strings.
     """
+    global _generation
     if not isinstance(family, LlmFamily):
         raise TypeError(f"expected a dheera_local.LlmFamily, got {type(family).__name__}")
+    for field_name in ("architectures", "name_hints", "answer_tokens"):
+        _check_names(family, field_name)
     if family.option not in PROMPT_OPTIONS:
         raise ValueError(f"family {family.name!r}: option must be one of {', '.join(PROMPT_OPTIONS)}")
     if not family.answer_tokens or len(family.answer_tokens) != len(family.answer_signs):
         raise ValueError(f"family {family.name!r}: one sign per answer token, and at least one token")
     if not callable(family.encode):
         raise ValueError(f"family {family.name!r}: encode must be callable")
+    if family.name not in _BUILT_IN:
+        _load_plugins(wait=False)  # installed families first, so a conflict is refused the same way in any order
     with _LOCK:
+        if _FAMILIES.get(family.name) == family:
+            return _FAMILIES[family.name]
         if family.name in _FAMILIES:
             raise ValueError(f"an LLM reranker family named {family.name!r} is registered already")
         for other in _FAMILIES.values():
@@ -124,40 +135,65 @@ def register_llm_family(family: LlmFamily) -> LlmFamily:
             if taken:
                 raise ValueError(f"family {family.name!r}: {', '.join(sorted(taken))} is served by {other.name!r}")
         _FAMILIES[family.name] = family
+        _generation += 1
     return family
 
 
+def _check_names(family: LlmFamily, field_name: str) -> None:
+    value = getattr(family, field_name)
+    if isinstance(value, str):  # ("Qwen2ForCausalLM") without its comma: a str, whose letters would match anything
+        raise TypeError(f"family {family.name!r}: {field_name} must be a tuple of strings, got the string {value!r} "
+                        f"(write ({value!r},) with the comma)")  # fmt: skip
+    if not isinstance(value, tuple) or not all(isinstance(item, str) and item for item in value):
+        raise TypeError(f"family {family.name!r}: {field_name} must be a tuple of non-empty strings, got {value!r}")
+
+
 def unregister_llm_family(name: str) -> None:
-    """Forget family ``name`` (a test's, or a plugin's being unloaded); unknown names are ignored."""
+    """Forget family ``name`` (a test's, or a plugin's being unloaded); unknown names are ignored. A model
+    loaded with it is loaded again on its next use (:func:`family_generation`)."""
+    global _generation
     with _LOCK:
-        _FAMILIES.pop(name, None)
+        if _FAMILIES.pop(name, None) is not None:
+            _generation += 1
+
+
+def family_generation() -> int:
+    """A number that changes whenever a family is registered or unregistered: the model store compares it with
+    the one a model was loaded under, and asks again which family scores that model only when it differs."""
+    return _generation
 
 
 def llm_families() -> dict[str, LlmFamily]:
     """The registered families, by name (a copy); the entry-point group's are loaded on the first call."""
+    _load_plugins(wait=True)
     with _LOCK:
-        _load_plugins()
         return dict(_FAMILIES)
 
 
-def _load_plugins() -> None:
+def _load_plugins(*, wait: bool) -> None:
     """Register the families installed packages declare (``[project.entry-points."dheera_local.llm_families"]``),
     so the CLI, the proxy and spawned workers know them as the user's script does. A broken one is logged and
-    skipped, never fatal. Called with the lock held."""
+    skipped, never fatal. Imports run holding no lock a registration needs: a plugin module that another thread
+    is importing may register meanwhile (``wait=False`` from register_llm_family: never block on the loader)."""
     global _plugins_loaded
-    if _plugins_loaded:
+    if _plugins_loaded or not _PLUGINS.acquire(blocking=wait):
         return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points  # ~50 ms of imports: paid on first use, not at import
+    try:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True  # first: the families below register through register_llm_family
+        from importlib.metadata import entry_points  # ~50 ms of imports: paid on first use, not at import
 
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            family = point.load()
-            if not isinstance(family, LlmFamily):
-                raise TypeError(f"{point.value} is a {type(family).__name__}, not a dheera_local.LlmFamily")
-            register_llm_family(family)
-        except Exception as exc:  # noqa: BLE001 - someone else's package must not break every rerank
-            logger.warning("dheera_local: skipped LLM family entry point %r (%s): %s", point.name, point.value, exc)
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                family = point.load()
+                if not isinstance(family, LlmFamily):
+                    raise TypeError(f"{point.value} is a {type(family).__name__}, not a dheera_local.LlmFamily")
+                register_llm_family(family)
+            except Exception as exc:  # noqa: BLE001 - someone else's package must not break every rerank
+                logger.warning("dheera_local: skipped LLM family entry point %r (%s): %s", point.name, point.value, exc)
+    finally:
+        _PLUGINS.release()
 
 
 def llm_architectures() -> frozenset[str]:
@@ -236,7 +272,8 @@ def _first_yes_id(tokenizer: Any) -> list[int]:
     return [tokenizer("Yes", add_special_tokens=False)["input_ids"][0]]
 
 
-# The built-ins, registered as any family is.
+# The built-ins, registered as any family is (before the entry points: those load on first use).
+_BUILT_IN = ("bge-gemma", "qwen3")
 BGE_GEMMA = register_llm_family(LlmFamily(
     "bge-gemma", "prompt", GEMMA_PROMPT, ("Yes",), (1.0,), _encode_gemma,
     architectures=("GemmaForCausalLM",), name_hints=("bge-reranker-v2-gemma",), answer_ids_of=_first_yes_id,
