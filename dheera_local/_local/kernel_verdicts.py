@@ -33,7 +33,7 @@ from .._models.discovery import LocalWeights, folder_fingerprint
 logger = logging.getLogger("dheera_local")
 
 FOLDER = "kernel-verdicts"
-KERNELS = ("onednn-packed", "eager")  # _cpu_kernels.PACKED, EAGER (this module imports no torch)
+KERNELS = ("onednn-packed", "eager")  # cpu_kernels.PACKED, EAGER (this module imports no torch)
 # Bumped when the check's rule or the probe batch changes: earlier verdicts then no longer apply.
 RULE_VERSION = "1"
 _MAX_BYTES = 4096

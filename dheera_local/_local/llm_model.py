@@ -71,7 +71,7 @@ class LlmModel:
     Args:
         weights: The model folder.
         device, dtype: Where and in which precision to run.
-        template: Its prompt family (:data:`dheera_local._models.llm_templates.TEMPLATES`).
+        template: Its family (:func:`dheera_local._models.llm_templates.llm_families`).
         prefix_reuse: Compute each query's shared prefix once (False: every pair in full; for tests).
         padding_side: "right" (no mask: the causal kernel) or "left" (explicit mask and positions).
         cpu_kernels: "auto" (oneDNN packed linears where the CPU and the probe allow) or "eager".
