@@ -150,6 +150,26 @@ def test_a_loaded_model_follows_its_family_being_registered_again(acme: Path) ->
     assert after != pytest.approx(before, abs=1e-2)
 
 
+def test_a_family_that_failed_to_load_is_tried_again_once_replaced(acme: Path) -> None:
+    # A failed load is remembered for a minute, so requests fail fast; but not past a new family: a fixed
+    # encode must be tried at once, not answered with the broken one's error.
+    import dataclasses
+
+    def broken(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int, instruction: str) -> list[list[int]]:
+        raise RuntimeError("encode bug")
+
+    dheera_local.unregister_llm_family(ACME.name)
+    dheera_local.register_llm_family(dataclasses.replace(ACME, encode=broken))
+    with Reranker() as reranker:
+        with pytest.raises(dheera_local.AllBackendsFailedError, match="encode bug"):
+            reranker.rerank(ACME_ID, QUERY, DOCS, backend="local", cache=False, **FP32)
+        dheera_local.unregister_llm_family(ACME.name)
+        dheera_local.register_llm_family(ACME)
+        fixed = reranker.rerank(ACME_ID, QUERY, DOCS, top_n=None, raw_scores=True, cache=False, **FP32)
+    expected = acme_reference(acme, [(QUERY, d) for d in DOCS], INSTRUCTION, 512)
+    assert by_index(fixed) == pytest.approx(expected, abs=1e-4)
+
+
 def test_registering_an_equal_family_again_is_a_no_op(acme: Path) -> None:
     import dataclasses
 

@@ -43,13 +43,15 @@ class ModelStore:
     """Loaded models, each loaded once even under concurrency, keyed by :meth:`ModelIdentity.loaded`.
     Thread-safe; ``clear`` forgets them all.
 
-    A failed load is remembered for ``retry_failed_after`` seconds: requests meanwhile fail at once
+    A failed load is remembered for ``retry_failed_after`` seconds, or until an LLM family is registered or
+    unregistered (a fixed ``encode`` is tried at once): requests meanwhile fail at once
     (and fall back) instead of reading broken weights again each time.
     """
 
     def __init__(self, retry_failed_after: float = 60.0) -> None:
         self._loaded: dict[ModelIdentity, LocalModel] = {}
-        self._failed: dict[ModelIdentity, tuple[float, LocalBackendError]] = {}
+        # When, why, and under which family generation each load failed.
+        self._failed: dict[ModelIdentity, tuple[float, LocalBackendError, int]] = {}
         self._locks: dict[ModelIdentity, threading.Lock] = {}
         self._lock = threading.Lock()
         # Bumped by clear(): a load that started before it hands its model to its caller but does not keep it.
@@ -68,6 +70,8 @@ class ModelStore:
         with self._lock:
             failed = self._failed.get(key)
         if failed is None or time.monotonic() - failed[0] >= self.retry_failed_after:
+            return None
+        if failed[2] != family_generation():  # a family was (re)registered since: it may load now
             return None
         return LocalBackendError(f"{failed[1]} (failed to load {time.monotonic() - failed[0]:.0f} s ago)")
 
@@ -102,7 +106,7 @@ class ModelStore:
         except LocalBackendError as exc:
             with self._lock:
                 if generation == self._generation:
-                    self._failed[key] = (time.monotonic(), exc)
+                    self._failed[key] = (time.monotonic(), exc, families)
             raise
         with self._lock:
             if generation == self._generation:
